@@ -1,0 +1,17 @@
+"""Samplers: the step-table engine and its named configurations."""
+
+from .api import SampleResult, sample, sampler_table
+from .engine import WalkStats, evaluate, picard_walk, sequential_walk
+from .registry import SAMPLERS, resolve
+
+__all__ = [
+    "SAMPLERS",
+    "SampleResult",
+    "WalkStats",
+    "evaluate",
+    "picard_walk",
+    "resolve",
+    "sample",
+    "sampler_table",
+    "sequential_walk",
+]

@@ -1,0 +1,181 @@
+"""``sciencegen.sample``: ensembles from a denoiser with any named sampler."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..diffusion import block_ends, make_grid, step_table
+from . import noise as _noise
+from .engine import picard_walk, sequential_walk
+from .registry import resolve
+
+__all__ = ["SampleResult", "sample", "sampler_table"]
+
+
+@dataclass
+class SampleResult:
+    """Samples and sampler statistics.
+
+    Attributes
+    ----------
+    samples
+        ``[members, *shape]`` at noise level 0 (EDM units of the denoiser).
+    stats
+        ``rounds`` (batched denoiser calls in sequence, summed over batches),
+        ``nfe`` (mean denoiser evaluations per member), ``nfe_per_member``,
+        ``rounds_per_member``, ``fallbacks`` (members' sequential fallbacks),
+        ``residuals`` (per round, largest unaccepted residual), ``steps``,
+        ``sampler`` and the resolved ``options``.
+    """
+
+    samples: torch.Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def sampler_table(sampler: str, steps: int, **options: Any):
+    """The resolved options, step table and block ends a named sampler uses."""
+    cfg = resolve(sampler, options)
+    t = make_grid(steps, cfg["grid"], cfg["sigma_min"], cfg["sigma_max"])
+    table = step_table(t, cfg["method"], cfg["form"], cfg.get("lag", "F"))
+    ends = block_ends(table, cfg["blocks"])
+    return cfg, table, ends
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    if cfg["kind"] == "picard":
+        tol = cfg["tol"]
+        if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
+            raise ValueError(f"tol must be a positive number, got {tol!r}")
+        w = cfg["window"]
+        if w is not None and (int(w) != w or w < 1):
+            raise ValueError(f"window must be an integer >= 1, got {w!r}")
+        mi = cfg["max_iters"]
+        if mi is not None and (int(mi) != mi or mi < 1):
+            raise ValueError(f"max_iters must be an integer >= 1, got {mi!r}")
+    mb = cfg["max_batch"]
+    if mb is not None and (int(mb) != mb or mb < 1):
+        raise ValueError(f"max_batch must be an integer >= 1, got {mb!r}")
+    if int(cfg["corrector_steps"]) != cfg["corrector_steps"] or cfg["corrector_steps"] < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {cfg['corrector_steps']!r}")
+
+
+def sample(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: Sequence[int],
+    members: int = 1,
+    sampler: str = "picard_sde",
+    steps: int = 1000,
+    seed: int = 0,
+    batch_size: int | None = None,
+    *,
+    first_member: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    **sampler_options: Any,
+) -> SampleResult:
+    """Draw an ensemble with a named sampler.
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x, sigma) -> E[x0 | x]`` for ``x = x0 + sigma·noise``; ``x`` is
+        ``[B, *shape]`` and ``sigma`` is ``[B]``.
+    shape
+        Shape of one member, e.g. ``(channels, ny, nx)``; any rank.
+    members
+        Ensemble size.
+    sampler
+        A name from :data:`sciencegen.samplers.SAMPLERS`.
+    steps
+        Steps of the reverse grid (the last goes to noise level 0).
+    seed
+        Member ``i`` depends only on ``(seed, i)``.
+    batch_size
+        Members sampled together (``None``: all).
+    first_member
+        Global index of the first member (for shards of a larger ensemble).
+    device, dtype
+        Where and in which precision to sample.
+    progress
+        Show a progress bar.
+    **sampler_options
+        Overrides of the sampler's configuration (``tol``, ``blocks``, ``window``,
+        ``grid``, ``form``, ``lag``, ``max_batch``, …).
+
+    Returns
+    -------
+    SampleResult
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if int(members) != members or members < 1:
+        raise ValueError(f"members must be an integer >= 1, got {members!r}")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not callable(denoiser):
+        raise ValueError("denoiser must be callable as denoiser(x, sigma)")
+    shape = tuple(int(v) for v in shape)
+    if not shape or any(v < 1 for v in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
+    cfg, table, ends = sampler_table(sampler, int(steps), **sampler_options)
+    _validate(cfg)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    bs = int(batch_size or members)
+    n = table.steps
+    outs, rpm, npm, fpm, residuals = [], [], [], [], []
+    rounds = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=members * n, desc=sampler, unit="step", leave=False)
+    for lo in range(0, members, bs):
+        ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
+        x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
+        done = [0]
+
+        def tick(k: int, done=done, m=len(ids)) -> None:
+            if bar is not None:
+                bar.update((k - done[0]) * m)
+                done[0] = k
+
+        common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
+                      corrector_size=float(cfg["corrector_size"]), progress=tick)
+        if cfg["kind"] == "sequential":
+            y, st = sequential_walk(denoiser, table, x, ids, seed, corrector_at=ends[:-1], **common)
+        else:
+            y, st = picard_walk(
+                denoiser, table, x, ids, seed, tol=float(cfg["tol"]),
+                window=int(cfg["window"] or max(e - s for s, e in zip([0] + ends[:-1], ends, strict=True))),
+                ends=ends, accept=cfg["accept"], max_iters=cfg["max_iters"], patience=int(cfg["patience"]),
+                **common,
+            )
+        outs.append(y)
+        rounds += st.rounds
+        rpm.append(st.rounds_per_member)
+        npm.append(st.nfe_per_member)
+        fpm.append(st.fallbacks_per_member)
+        residuals.extend(st.residuals)
+    if bar is not None:
+        bar.close()
+    nfe = torch.cat(npm)
+    stats = {
+        "sampler": sampler,
+        "steps": n,
+        "rounds": rounds,
+        "nfe": float(nfe.double().mean()),
+        "nfe_per_member": nfe,
+        "rounds_per_member": torch.cat(rpm),
+        "fallbacks": int(torch.cat(fpm).sum()),
+        "fallbacks_per_member": torch.cat(fpm),
+        "residuals": residuals,
+        "blocks": ends,
+        "options": {k: v for k, v in cfg.items()},
+    }
+    return SampleResult(samples=torch.cat(outs), stats=stats)

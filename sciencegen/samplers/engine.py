@@ -1,0 +1,432 @@
+"""The step-table engine: one recurrence, walked sequentially or by Picard iteration.
+
+Chen, Ren, Ying & Rotskoff, NeurIPS 2024 (PIADM); Shih et al., NeurIPS 2023 (ParaDiGMS).
+
+Both walks solve ``x_{j+1} = A_j x_j + B_j D(x_j) + E_j x_j + C_j xi_j`` on a
+:class:`~sciencegen.diffusion.StepTable`.  The Picard walk keeps, per member, a
+window of guessed points past the last accepted point ``p``; one *round* is one
+batched denoiser call over every (member, window point) pair, followed by an
+exact linear scan of the recurrence (``x <- A x + g``, which never divides by a
+running product and so stays exact when ``A_j = 0`` and over long windows) and
+a per-point convergence test ``rms(x_new - x_old) <= tol * sigma_j``.  The
+converged prefix is accepted and the window slides; block boundaries (equal
+log-SNR pieces) stop it, so fixed blocks (PIADM), a sliding window
+(ParaDiGMS) and anything in between are configurations of the same walk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..diffusion import StepTable
+from . import noise as _noise
+
+__all__ = ["Denoiser", "WalkStats", "evaluate", "picard_walk", "sequential_walk"]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class WalkStats:
+    """Cost and convergence record of one walk over a batch of members.
+
+    Attributes
+    ----------
+    rounds
+        Batched denoiser calls made in sequence (the latency-relevant cost).
+    rounds_per_member, nfe_per_member, fallbacks_per_member
+        Per member: rounds it took part in, denoiser evaluations spent on it,
+        and how often its Picard iteration was abandoned for a sequential
+        finish of the block (divergence).
+    residuals
+        Per round, the largest normalised residual among unaccepted points.
+    """
+
+    rounds: int = 0
+    rounds_per_member: torch.Tensor | None = None
+    nfe_per_member: torch.Tensor | None = None
+    fallbacks_per_member: torch.Tensor | None = None
+    residuals: list[float] = field(default_factory=list)
+
+
+class _Table:
+    """Step table cast to the working dtype/device, with index helpers."""
+
+    def __init__(self, table: StepTable, dtype: torch.dtype, device: torch.device):
+        kw = {"dtype": dtype, "device": device}
+        self.n = table.steps
+        self.A, self.B, self.E, self.C = (v.to(**kw) for v in (table.A, table.B, table.E, table.C))
+        self.alpha, self.sigma, self.s = (v.to(**kw) for v in (table.alpha, table.sigma, table.s))
+        # noise level used to normalise residuals: sigma_j, floored at sigma_{N-1}
+        self.sig_norm = torch.clamp(self.sigma, min=float(table.sigma[max(self.n - 1, 0)]))
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Append singleton dims so a per-item vector broadcasts over fields of any rank."""
+    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+
+
+def evaluate(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    j: torch.Tensor,
+    tab: _Table,
+    max_batch: int | None = None,
+) -> torch.Tensor:
+    """Denoiser output ``D`` at VP states ``x`` (``[P, *shape]``) at grid indices ``j``.
+
+    Converts to the EDM convention (``x / alpha_j``, noise level ``s_j``), splits
+    the batch into micro-batches of at most ``max_batch`` items, and checks the
+    shape of every answer.
+    """
+    if x.shape[0] == 0:
+        return torch.empty_like(x)
+    step = x.shape[0] if not max_batch else int(max_batch)
+    out = []
+    for lo in range(0, x.shape[0], step):
+        xi, ji = x[lo : lo + step], j[lo : lo + step]
+        s = tab.s[ji]
+        d = denoiser(xi / _bcast(tab.alpha[ji], xi), s)
+        if not isinstance(d, torch.Tensor) or d.shape != xi.shape:
+            got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+            raise ValueError(f"denoiser returned shape {got} for input of shape {tuple(xi.shape)}")
+        out.append(d.to(x.dtype))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _check_finite(d: torch.Tensor, j: torch.Tensor, tab: _Table) -> None:
+    bad = ~torch.isfinite(d.reshape(d.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"denoiser returned non-finite values at step {int(j[k])} (sigma={float(tab.s[j[k]]):.4g})"
+        )
+
+
+def _corrector(
+    x: torch.Tensor, d: torch.Tensor, j: torch.Tensor, z: torch.Tensor, tab: _Table, size: float
+) -> torch.Tensor:
+    # Langevin step x + eps*score + sqrt(2 eps) z with eps = size * sigma_j^2
+    a, sg = _bcast(tab.alpha[j], x), _bcast(tab.sigma[j], x)
+    return x + size * (a * d - x) + math.sqrt(2 * size) * sg * z
+
+
+def sequential_walk(
+    denoiser: Denoiser,
+    table: StepTable,
+    x: torch.Tensor,
+    members: Sequence[int],
+    seed: int,
+    *,
+    max_batch: int | None = None,
+    corrector_at: Sequence[int] = (),
+    corrector_steps: int = 0,
+    corrector_size: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, WalkStats]:
+    """Walk the step table one step per round (DDPM / DDIM / DPM-Solver++(1)).
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x, s) -> E[x0 | x]`` in the EDM convention.
+    table
+        The step table.
+    x
+        VP states at ``t_0``, ``[M, *shape]``.
+    members
+        Global member indices (they select the noise streams).
+    seed
+        Run seed.
+    max_batch
+        Micro-batch size of the denoiser calls.
+    corrector_at, corrector_steps, corrector_size
+        Langevin corrector steps applied after reaching these grid indices.
+    progress
+        Called with the number of steps done after each step.
+
+    Returns
+    -------
+    (torch.Tensor, WalkStats)
+        Samples at noise level 0 and the cost record.
+    """
+    tab = _Table(table, x.dtype, x.device)
+    members = list(members)
+    m = len(members)
+    shape = tuple(x.shape[1:])
+    stats = WalkStats()
+    corr = set(int(c) for c in corrector_at if 0 < c < tab.n) if corrector_steps else set()
+    for j in range(tab.n):
+        jj = torch.full((m,), j, dtype=torch.long, device=x.device)
+        d = evaluate(denoiser, x, jj, tab, max_batch)
+        _check_finite(d, jj, tab)
+        xi = _noise.normal(seed, members, j, shape, dtype=x.dtype, device=x.device)
+        x = (tab.A[j] + tab.E[j]) * x + tab.B[j] * d + tab.C[j] * xi
+        stats.rounds += 1
+        if j + 1 in corr:
+            jn = jj + 1
+            for k in range(corrector_steps):
+                d = evaluate(denoiser, x, jn, tab, max_batch)
+                _check_finite(d, jn, tab)
+                z = _noise.normal(seed, members, j + 1, shape, tag=_noise.CORRECTOR + 16 * k,
+                                  dtype=x.dtype, device=x.device)
+                x = _corrector(x, d, jn, z, tab, corrector_size)
+                stats.rounds += 1
+        if progress is not None:
+            progress(j + 1)
+    stats.rounds_per_member = torch.full((m,), stats.rounds, dtype=torch.long)
+    stats.nfe_per_member = stats.rounds_per_member.clone()
+    stats.fallbacks_per_member = torch.zeros(m, dtype=torch.long)
+    return x, stats
+
+
+def picard_walk(
+    denoiser: Denoiser,
+    table: StepTable,
+    x: torch.Tensor,
+    members: Sequence[int],
+    seed: int,
+    *,
+    tol: float,
+    window: int,
+    ends: Sequence[int] | None = None,
+    accept: str = "prefix",
+    max_iters: int | None = None,
+    patience: int = 4,
+    max_batch: int | None = None,
+    corrector_steps: int = 0,
+    corrector_size: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, WalkStats]:
+    """Walk the step table by windowed Picard iteration, per member.
+
+    Parameters
+    ----------
+    denoiser, table, x, members, seed, max_batch, progress
+        As for :func:`sequential_walk` (``progress`` gets the slowest member's
+        accepted index).
+    tol
+        Point ``j`` has converged when ``rms(x_new - x_old) <= tol * sigma_j``.
+    window
+        Most steps in flight per member (points solved at once).
+    ends
+        Block end indices (sorted, last ``N``): the window never crosses one, so
+        a block is finished before the next starts (PIADM).  ``None``: one block.
+    accept
+        ``"prefix"``: accept the converged prefix of the window each round and
+        slide.  ``"block"``: accept only when every point converged (the seed
+        paper's block iteration; the window then always spans the rest of the
+        block).
+    max_iters
+        Accept the window as it stands after this many iterations in a block
+        (the seed paper's fixed iteration count ``K``); ``None``: no cap.
+    patience
+        Rounds of growing residual without progress before a member abandons
+        Picard and finishes the block sequentially (recorded in the stats).
+        Non-finite guesses trigger this at once.
+    corrector_steps, corrector_size
+        Langevin corrector steps at every block end except the last
+        (PIADM-ODE), step size ``corrector_size * sigma²``.
+
+    Returns
+    -------
+    (torch.Tensor, WalkStats)
+    """
+    if accept not in ("prefix", "block"):
+        raise ValueError(f"accept must be 'prefix' or 'block', got {accept!r}")
+    dev, dt = x.device, x.dtype
+    tab = _Table(table, dt, dev)
+    n = tab.n
+    members = list(members)
+    m = len(members)
+    shape = tuple(x.shape[1:])
+    w = max(1, min(int(window), n))
+    r_pts = w + 1  # ring of points p .. p + w
+    ends_t = torch.tensor(sorted(set(int(e) for e in (ends or [n]))) or [n], dtype=torch.long, device=dev)
+    if int(ends_t[-1]) != n:
+        ends_t = torch.cat([ends_t, torch.tensor([n], device=dev)])
+
+    buf = x.new_zeros((m, r_pts, *shape))
+    nbuf = x.new_zeros((m, w, *shape))
+    buf[:, 0] = x
+    ar = torch.arange(m, device=dev)
+    p = torch.zeros(m, dtype=torch.long, device=dev)  # last accepted point
+    hi = torch.zeros_like(p)  # last point holding a guess
+    nhi = torch.zeros_like(p)  # steps < nhi have their noise in nbuf
+    iters = torch.zeros_like(p)
+    seq_until = torch.zeros_like(p)
+    corr_left = torch.zeros_like(p)
+    grow = torch.zeros_like(p)
+    rprev = torch.full((m,), math.inf, dtype=torch.float64, device=dev)
+    d_last = x.new_zeros((m, *shape))
+    stats = WalkStats()
+    r_m = torch.zeros(m, dtype=torch.long)
+    nfe_m = torch.zeros(m, dtype=torch.long)
+    fb_m = torch.zeros(m, dtype=torch.long)
+
+    def block_end(pp: torch.Tensor) -> torch.Tensor:
+        return ends_t[torch.searchsorted(ends_t, pp, right=True).clamp_max(len(ends_t) - 1)]
+
+    def full_len(pp: torch.Tensor, su: torch.Tensor) -> torch.Tensor:
+        lf = torch.minimum(block_end(pp) - pp, torch.full_like(pp, w))
+        return torch.where(pp < su, torch.ones_like(pp), lf).clamp_min(0)
+
+    def ensure_noise(idx: torch.Tensor, upto: torch.Tensor) -> None:
+        # draw the noise of steps nhi .. upto-1 for members idx (counter-based)
+        for i, u in zip(idx.tolist(), upto.tolist(), strict=True):
+            lo = max(int(nhi[i]), int(p[i]))
+            if u > lo:
+                steps = list(range(lo, u))
+                z = _noise.normal(seed, [members[i]] * len(steps), steps, shape, dtype=dt, device=dev)
+                nbuf[i, torch.tensor(steps, device=dev) % w] = z
+                nhi[i] = u
+
+    def extend(idx: torch.Tensor) -> None:
+        # guess points hi+1 .. p+L by the recurrence with the last D frozen
+        if idx.numel() == 0:
+            return
+        target = p[idx] + full_len(p[idx], seq_until[idx])
+        ensure_noise(idx, target)
+        start = hi[idx].clone()
+        todo = int((target - start).max().clamp_min(0))
+        for o in range(todo):
+            k = start + o
+            live = k < target
+            if not bool(live.any()):
+                break
+            ii, kk = idx[live], k[live]
+            xk = buf[ii, kk % r_pts]
+            xn = (_bcast(tab.A[kk] + tab.E[kk], xk) * xk + _bcast(tab.B[kk], xk) * d_last[ii]
+                  + _bcast(tab.C[kk], xk) * nbuf[ii, kk % w])
+            buf[ii, (kk + 1) % r_pts] = xn
+        hi[idx] = torch.maximum(hi[idx], target)
+
+    while True:
+        act = p < n
+        if not bool(act.any()):
+            break
+        cm = act & (corr_left > 0)
+        pm = act & ~cm
+        pi = ar[pm]
+        ci = ar[cm]
+        # --- the window of every Picard member: sources p .. p+L-1
+        lf = full_len(p[pi], seq_until[pi])
+        L = torch.minimum(lf, (hi[pi] - p[pi]).clamp_min(1))
+        lmax = int(L.max()) if pi.numel() else 0
+        kgrid = torch.arange(lmax, device=dev)
+        valid = kgrid[None, :] < L[:, None]
+        src_j = p[pi][:, None] + kgrid[None, :]
+        vi, vk = valid.nonzero(as_tuple=True)
+        flat_m, flat_j = pi[vi], src_j[vi, vk]
+        xs = buf[flat_m, flat_j % r_pts]
+        cj = p[ci]
+        xs_all = torch.cat([xs, buf[ci, cj % r_pts]])
+        j_all = torch.cat([flat_j, cj])
+        # --- one round: one batched (micro-batched) denoiser call
+        d_all = evaluate(denoiser, xs_all, j_all, tab, max_batch)
+        exact = torch.cat([vk == 0, torch.ones_like(cj, dtype=torch.bool)])
+        _check_finite(d_all[exact], j_all[exact], tab)
+        d, dc = d_all[: xs.shape[0]], d_all[xs.shape[0]:]
+        stats.rounds += 1
+        r_m[act.cpu()] += 1
+        nfe_m[pi.cpu()] += L.cpu()
+        nfe_m[ci.cpu()] += 1
+
+        if pi.numel():
+            # lagged terms, then the exact scan x <- A x + g along the window
+            g = x.new_zeros((pi.numel(), lmax, *shape))
+            bj = lambda v: _bcast(v[flat_j], xs)  # noqa: E731
+            g[vi, vk] = bj(tab.B) * d + bj(tab.E) * xs + bj(tab.C) * nbuf[flat_m, flat_j % w]
+            a_pad = torch.where(valid, tab.A[src_j.clamp_max(n - 1)], torch.ones((), dtype=dt, device=dev))
+            cur = buf[pi, p[pi] % r_pts]
+            for k in range(lmax):
+                cur = _bcast(a_pad[:, k], cur) * cur + g[:, k]
+                g[:, k] = cur
+            # residuals against the previous guesses, relative to sigma there
+            tgt_j = flat_j + 1
+            old = buf[flat_m, tgt_j % r_pts]
+            new = g[vi, vk]
+            diff = (new - old).reshape(new.shape[0], -1)
+            rr = diff.pow(2).mean(1).sqrt().double() / tab.sig_norm[tgt_j].double()
+            rr = torch.where(torch.isfinite(rr), rr, torch.full_like(rr, math.inf))
+            res = torch.full((pi.numel(), lmax), math.inf, dtype=torch.float64, device=dev)
+            res[vi, vk] = rr
+            fin = torch.ones((pi.numel(), lmax), dtype=torch.bool, device=dev)
+            fin[vi, vk] = torch.isfinite(new.reshape(new.shape[0], -1)).all(1)
+            buf[flat_m, tgt_j % r_pts] = new
+            # accept the converged prefix (the first point is always exact)
+            conv = (res <= tol) & valid
+            conv[:, 0] = valid[:, 0]
+            if accept == "prefix":
+                s = torch.cumprod(conv.long(), 1).sum(1)
+            else:
+                s = torch.where(conv.sum(1) == L, L, torch.where(L == 1, L, torch.zeros_like(L)))
+            if max_iters is not None:
+                s = torch.where(iters[pi] + 1 >= max_iters, L, s)
+            # divergence: non-finite guesses, or residual growing without progress
+            tail = torch.where(valid & (kgrid[None, :] >= 1), res, torch.zeros_like(res))
+            rmax = tail.max(1).values if lmax else torch.zeros(0, dtype=torch.float64, device=dev)
+            growing = (rmax > rprev[pi]) & (s <= 1)
+            grow[pi] = torch.where(growing, grow[pi] + 1, torch.zeros_like(grow[pi]))
+            rprev[pi] = rmax
+            bad = (~(fin | ~valid).all(1)) | (grow[pi] >= patience)
+            bad &= p[pi] >= seq_until[pi]
+            unacc = rmax[(s < L)]
+            if unacc.numel():
+                stats.residuals.append(float(unacc.max()))
+            # the freshest D (at the furthest source) seeds the next guesses
+            li = torch.arange(pi.numel(), device=dev)
+            d_last[pi] = d[_flat_pos(valid, li, L - 1)]
+            p_old = p[pi].clone()
+            hi[pi] = torch.maximum(hi[pi], p_old + L)
+            p[pi] = p_old + s
+            iters[pi] += 1
+            if bool(bad.any()):
+                bi = pi[bad]
+                seq_until[bi] = torch.minimum(block_end(p[bi]), p[bi] + w)
+                hi[bi] = p[bi]
+                grow[bi] = 0
+                rprev[bi] = math.inf
+                fb_m[bi.cpu()] += 1
+            # entering a new block: reset the iteration record, start the corrector
+            newblk = (block_end(p_old) == p[pi]) & (p[pi] < n) & (s > 0)
+            if bool(newblk.any()):
+                ni = pi[newblk]
+                iters[ni] = 0
+                grow[ni] = 0
+                rprev[ni] = math.inf
+                if corrector_steps:
+                    corr_left[ni] = corrector_steps
+                    hi[ni] = p[ni]
+        if ci.numel():
+            k = corrector_steps - corr_left[ci]
+            z = torch.stack([
+                _noise.normal(seed, [members[i]], int(j), shape, tag=_noise.CORRECTOR + 16 * int(kk),
+                              dtype=dt, device=dev)[0]
+                for i, j, kk in zip(ci.tolist(), cj.tolist(), k.tolist(), strict=True)
+            ])
+            buf[ci, cj % r_pts] = _corrector(buf[ci, cj % r_pts], dc, cj, z, tab, corrector_size)
+            d_last[ci] = dc
+            corr_left[ci] -= 1
+            hi[ci] = p[ci]
+        # fresh guesses for every member that will iterate next round
+        ext = ar[(p < n) & (corr_left == 0)]
+        extend(ext)
+        if progress is not None:
+            progress(int(p.min()))
+
+    stats.rounds_per_member = r_m
+    stats.nfe_per_member = nfe_m
+    stats.fallbacks_per_member = fb_m
+    return buf[:, n % r_pts].clone(), stats
+
+
+def _flat_pos(valid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Positions in the row-major flattening of ``valid.nonzero()`` of entries (rows, cols)."""
+    before = valid.long().cumsum(1) - 1  # index within the row
+    row_start = torch.cat([valid.new_zeros(1, dtype=torch.long), valid.long().sum(1).cumsum(0)[:-1]])
+    return row_start[rows] + before[rows, cols]

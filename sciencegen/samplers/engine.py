@@ -317,6 +317,7 @@ def picard_walk(
         lf = full_len(p[pi], seq_until[pi])
         L = torch.minimum(lf, (hi[pi] - p[pi]).clamp_min(1))
         lmax = int(L.max()) if pi.numel() else 0
+        ensure_noise(pi, p[pi] + L)
         kgrid = torch.arange(lmax, device=dev)
         valid = kgrid[None, :] < L[:, None]
         src_j = p[pi][:, None] + kgrid[None, :]

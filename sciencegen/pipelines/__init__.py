@@ -1,0 +1,1 @@
+"""Pipelines: plain ``run_x(...)`` functions that the console scripts wrap."""

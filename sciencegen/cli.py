@@ -19,7 +19,7 @@ def _threads(n: int | None) -> None:
 
 def bench(argv: list[str] | None = None) -> int:
     """``sciencegen-bench``: samplers side by side on the exact GRF target."""
-    from .pipelines.bench import DEFAULT_SAMPLERS, format_table, plot_tradeoff, run_bench, run_scaling, rows_as_dicts
+    from .pipelines.bench import DEFAULT_SAMPLERS, format_table, plot_tradeoff, rows_as_dicts, run_bench, run_scaling
 
     p = argparse.ArgumentParser(
         prog="sciencegen-bench",

@@ -100,7 +100,8 @@ def _bin(k: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     kb = torch.round(k).long().flatten()
     nb = int(kb.max()) + 1
     sums = torch.zeros(nb, dtype=torch.float64).index_add_(0, kb, values.flatten().double())
-    counts = torch.zeros(nb, dtype=torch.float64).index_add_(0, kb, torch.ones_like(values.flatten(), dtype=torch.float64))
+    ones = torch.ones(kb.numel(), dtype=torch.float64)
+    counts = torch.zeros(nb, dtype=torch.float64).index_add_(0, kb, ones)
     keep = counts > 0
     return torch.arange(nb, dtype=torch.float64)[keep], (sums / counts.clamp_min(1))[keep]
 

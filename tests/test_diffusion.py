@@ -98,7 +98,7 @@ def test_blocks_have_equal_logsnr_length():
     assert len(ends) == 4 and ends[-1] == 1000
     lam = tab.logsnr[:1000]
     starts = [0] + ends[:-1]
-    lengths = [float(lam[min(e, 999)] - lam[s]) for s, e in zip(starts, ends)]
+    lengths = [float(lam[min(e, 999)] - lam[s]) for s, e in zip(starts, ends, strict=False)]
     total = float(lam[-1] - lam[0])
     for length in lengths[:-1]:
         assert abs(length - total / 4) < 0.05 * total / 4

@@ -37,6 +37,18 @@ class SampleResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+class _Ticker:
+    """Progress callback: advances a bar by members x newly accepted steps."""
+
+    def __init__(self, bar: Any, members: int):
+        self.bar, self.members, self.done = bar, members, 0
+
+    def __call__(self, k: int) -> None:
+        if self.bar is not None:
+            self.bar.update((k - self.done) * self.members)
+            self.done = k
+
+
 def sampler_table(sampler: str, steps: int, **options: Any):
     """The resolved options, step table and block ends a named sampler uses."""
     cfg = resolve(sampler, options)
@@ -138,12 +150,7 @@ def sample(
     for lo in range(0, members, bs):
         ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
         x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
-        done = [0]
-
-        def tick(k: int, done=done, m=len(ids)) -> None:
-            if bar is not None:
-                bar.update((k - done[0]) * m)
-                done[0] = k
+        tick = _Ticker(bar, len(ids))
 
         common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
                       corrector_size=float(cfg["corrector_size"]), progress=tick)

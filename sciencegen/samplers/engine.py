@@ -340,8 +340,8 @@ def picard_walk(
         if pi.numel():
             # lagged terms, then the exact scan x <- A x + g along the window
             g = x.new_zeros((pi.numel(), lmax, *shape))
-            bj = lambda v: _bcast(v[flat_j], xs)  # noqa: E731
-            g[vi, vk] = bj(tab.B) * d + bj(tab.E) * xs + bj(tab.C) * nbuf[flat_m, flat_j % w]
+            cb, ce, cc = (_bcast(v[flat_j], xs) for v in (tab.B, tab.E, tab.C))
+            g[vi, vk] = cb * d + ce * xs + cc * nbuf[flat_m, flat_j % w]
             a_pad = torch.where(valid, tab.A[src_j.clamp_max(n - 1)], torch.ones((), dtype=dt, device=dev))
             cur = buf[pi, p[pi] % r_pts]
             for k in range(lmax):

@@ -1,6 +1,6 @@
 """Named sampler configurations: every sampler is one configuration of the engine.
 
-Chen, Ren, Ying & Rotskoff 2024 (picard_*); Shih et al. 2023 (paradigms); Ho et al. 2020 / Song et al. 2021 (sequential_*).
+Chen, Ren, Ying & Rotskoff 2024 (picard_*, piadm_*); Shih et al. 2023 (paradigms); Lu et al. 2022 (sequential_*).
 """
 
 from __future__ import annotations

@@ -305,6 +305,9 @@ def picard_walk(
             buf[ii, (kk + 1) % r_pts] = xn
         hi[idx] = torch.maximum(hi[idx], target)
 
+    # first guesses: the recurrence with D frozen at 0, the mean of normalised data
+    # (at the start of the reverse process D is close to the data mean anyway)
+    extend(ar)
     while True:
         act = p < n
         if not bool(act.any()):

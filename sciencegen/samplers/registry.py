@@ -40,7 +40,7 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     # sliding window inside each block and the whole increment lagged: measured on the
     # GRF target this needs ~2x fewer rounds than lagging the denoiser alone (docs/benchmarks.md)
     "picard_sde": {"kind": "picard", "method": "sde", "blocks": 4, "window": 128, "lag": "step", "tol": 1e-2},
-    "picard_ode": {"kind": "picard", "method": "ode", "blocks": 4, "window": 128, "lag": "step", "tol": 1e-2},
+    "picard_ode": {"kind": "picard", "method": "ode", "blocks": 4, "window": 128, "lag": "step", "tol": 3e-3},
     # the seed paper as written: score form, denoiser (score) lagged, whole blocks iterated together
     "piadm_sde": {"kind": "picard", "method": "sde", "form": "score", "blocks": 4, "accept": "block", "tol": 1e-3},
     "piadm_ode": {"kind": "picard", "method": "ode", "form": "score", "blocks": 4, "accept": "block", "tol": 1e-3,
@@ -48,7 +48,7 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     # ParaDiGMS: sliding window of p steps over the whole grid, whole increment lagged
     "paradigms": {"kind": "picard", "method": "sde", "lag": "step", "window": 64, "tol": 0.1},
     # beyond the seed: wavefront (no block barriers), data form, whole increment lagged
-    "picard_wave": {"kind": "picard", "method": "sde", "window": 128, "lag": "step", "tol": 1e-2},
+    "picard_wave": {"kind": "picard", "method": "sde", "window": 112, "lag": "step", "tol": 2e-2},
 }
 
 

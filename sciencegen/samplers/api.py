@@ -161,6 +161,7 @@ def sample(
                 denoiser, table, x, ids, seed, tol=float(cfg["tol"]),
                 window=int(cfg["window"] or max(e - s for s, e in zip([0] + ends[:-1], ends, strict=True))),
                 ends=ends, accept=cfg["accept"], max_iters=cfg["max_iters"], patience=int(cfg["patience"]),
+                norm=cfg["norm"],
                 **common,
             )
         outs.append(y)

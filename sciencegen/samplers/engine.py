@@ -200,6 +200,7 @@ def picard_walk(
     max_batch: int | None = None,
     corrector_steps: int = 0,
     corrector_size: float = 0.1,
+    norm: str = "rms",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, WalkStats]:
     """Walk the step table by windowed Picard iteration, per member.
@@ -231,11 +232,17 @@ def picard_walk(
     corrector_steps, corrector_size
         Langevin corrector steps at every block end except the last
         (PIADM-ODE), step size ``corrector_size * sigma²``.
+    norm
+        How a point's change is measured: ``"rms"`` over all values, or
+        ``"fourier"``, the largest orthonormal-DFT coefficient over the field
+        dims (not diluted by ``d`` for smooth, large-scale changes).
 
     Returns
     -------
     (torch.Tensor, WalkStats)
     """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
     if accept not in ("prefix", "block"):
         raise ValueError(f"accept must be 'prefix' or 'block', got {accept!r}")
     dev, dt = x.device, x.dtype
@@ -354,8 +361,7 @@ def picard_walk(
             tgt_j = flat_j + 1
             old = buf[flat_m, tgt_j % r_pts]
             new = g[vi, vk]
-            diff = (new - old).reshape(new.shape[0], -1)
-            rr = diff.pow(2).mean(1).sqrt().double() / tab.sig_norm[tgt_j].double()
+            rr = _residual_norm(new - old, norm) / tab.sig_norm[tgt_j].double()
             rr = torch.where(torch.isfinite(rr), rr, torch.full_like(rr, math.inf))
             res = torch.full((pi.numel(), lmax), math.inf, dtype=torch.float64, device=dev)
             res[vi, vk] = rr
@@ -427,6 +433,23 @@ def picard_walk(
     stats.nfe_per_member = nfe_m
     stats.fallbacks_per_member = fb_m
     return buf[:, n % r_pts].clone(), stats
+
+
+def _rms(diff: torch.Tensor) -> torch.Tensor:
+    return diff.reshape(diff.shape[0], -1).double().pow(2).mean(1).sqrt()
+
+
+def _fourier_max(diff: torch.Tensor) -> torch.Tensor:
+    # largest coefficient of the change in the orthonormal DFT over all field dims
+    dims = tuple(range(1, diff.ndim))
+    return torch.fft.fftn(diff.double(), dim=dims, norm="ortho").abs().reshape(diff.shape[0], -1).amax(1)
+
+
+NORMS = {"rms": _rms, "fourier": _fourier_max}
+
+
+def _residual_norm(diff: torch.Tensor, norm: str) -> torch.Tensor:
+    return NORMS[norm](diff)
 
 
 def _flat_pos(valid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

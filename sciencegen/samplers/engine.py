@@ -448,8 +448,10 @@ def _fourier_max(diff: torch.Tensor) -> torch.Tensor:
 NORMS = {"rms": _rms, "fourier": _fourier_max}
 
 
-def _residual_norm(diff: torch.Tensor, norm: str) -> torch.Tensor:
-    return NORMS[norm](diff)
+def _residual_norm(diff: torch.Tensor, norm: str, chunk_elems: int = 1 << 24) -> torch.Tensor:
+    # in chunks of points, so the float64/complex temporaries stay small for large fields
+    per = max(1, chunk_elems // max(1, diff[0].numel()))
+    return torch.cat([NORMS[norm](diff[i : i + per]) for i in range(0, diff.shape[0], per)])
 
 
 def _flat_pos(valid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

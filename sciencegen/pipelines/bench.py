@@ -38,6 +38,7 @@ class BenchRow:
     spectral_error: float
     dist_to_sequential: float
     fallbacks: int
+    spec: str = ""
 
 
 def _twin_options(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def _twin_options(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _short(cfg: dict[str, Any], overrides: dict[str, Any]) -> str:
-    keys = ["form", "lag", "blocks", "window", "tol", "accept"] if cfg["kind"] == "picard" else ["form"]
+    keys = ["form", "lag", "blocks", "window", "tol", "norm", "accept"] if cfg["kind"] == "picard" else ["form"]
     parts = [f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None]
     parts += [f"{k}={v}" for k, v in overrides.items() if k not in keys]
     return " ".join(parts)
@@ -104,7 +105,7 @@ def run_bench(
             sampler=name, options=_short(cfg, opts), d=target.dim, rounds=res.stats["rounds"],
             nfe=res.stats["nfe"], nfe_ratio=res.stats["nfe"] / steps, wall_s=statistics.median(walls),
             spectral_error=spectral_error(res.samples, target), dist_to_sequential=dist,
-            fallbacks=res.stats["fallbacks"],
+            fallbacks=res.stats["fallbacks"], spec=spec,
         )
         rows.append(row)
         if log:
@@ -170,16 +171,28 @@ def format_table(rows: Sequence[BenchRow], steps: int) -> str:
 
 
 def plot_tradeoff(rows: Sequence[BenchRow], path: str, title: str = "") -> None:
-    """Scatter of sequential rounds against NFE per member, one point per sampler."""
+    """Sequential rounds against NFE per member, coloured by distance to the sequential trajectory."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        ax.scatter(r.nfe, r.rounds, s=40)
-        ax.annotate(r.sampler, (r.nfe, r.rounds), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    par = [r for r in rows if r.dist_to_sequential > 0]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    if par:
+        dist = [max(r.dist_to_sequential, 1e-6) for r in par]
+        sc = ax.scatter([r.nfe for r in par], [r.rounds for r in par], c=dist, s=45, cmap="viridis",
+                        norm=LogNorm(vmin=min(dist), vmax=max(max(dist), min(dist) * 10)))
+        fig.colorbar(sc, ax=ax, label="relative distance to the sequential trajectory")
+        for r in par:
+            ax.annotate(r.spec or r.sampler, (r.nfe, r.rounds), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+    seq = [r for r in rows if r.dist_to_sequential == 0]
+    for r in seq:
+        ax.axhline(r.rounds, color="grey", lw=0.8, ls="--")
+        ax.annotate(f"{r.sampler}: {r.rounds} rounds", (ax.get_xlim()[0], r.rounds), textcoords="offset points",
+                    xytext=(4, -10), fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("denoiser evaluations per member (NFE)")

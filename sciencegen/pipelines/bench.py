@@ -85,6 +85,10 @@ def run_bench(
     target = GaussianRandomField(size)
     rows: list[BenchRow] = []
     refs: dict[tuple, torch.Tensor] = {}
+    if log:
+        exact = target.sample(members, torch.Generator().manual_seed(seed), dtype=dtype)
+        log(f"  exact samples ({members} members): spectral error {spectral_error(exact, target):.4f} "
+            "(Monte Carlo noise: the floor for every sampler)")
     for spec in samplers:
         name, opts = parse_spec(spec)
         opts = {**(overrides or {}).get(name, {}), **opts}

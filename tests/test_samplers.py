@@ -232,3 +232,47 @@ def test_fourier_norm_keeps_large_scales_close_to_sequential_at_high_d():
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm"):
         sciencegen.sample(lambda x, s: x, (4,), steps=10, norm="l1")
+
+
+@pytest.mark.parametrize("name", ["sequential_sde", "picard_sde", "paradigms"])
+def test_a_single_step_is_the_tweedie_denoise(name):
+    g = GaussianRandomField(8)
+    r = sciencegen.sample(g.denoiser, g.shape, members=2, sampler=name, steps=1, dtype=torch.float64)
+    assert r.stats["rounds"] == 1 and r.stats["nfe"] == 1
+    # from pure noise at sigma_max the posterior mean is almost the data mean (0)
+    assert float(r.samples.abs().max()) < 0.2
+
+
+def test_window_of_one_is_the_sequential_walk():
+    g = GaussianRandomField(8)
+    kw = dict(members=2, steps=80, seed=4, dtype=torch.float64)
+    ref = sciencegen.sample(g.denoiser, g.shape, sampler="sequential_sde", **kw)
+    got = sciencegen.sample(g.denoiser, g.shape, sampler="picard_sde", window=1, **kw)
+    assert got.stats["rounds"] == 80 and got.stats["nfe"] == 80
+    assert rel(got.samples, ref.samples) <= 1e-13
+
+
+def test_a_loose_tolerance_still_finishes_with_finite_samples():
+    g = GaussianRandomField(16)
+    r = sciencegen.sample(g.denoiser, g.shape, members=2, steps=300, tol=1e3, dtype=torch.float64)
+    assert bool(torch.isfinite(r.samples).all())
+    assert r.stats["rounds"] <= 300
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_picard_on_1d_and_3d_fields_matches_sequential(ndim):
+    g = GaussianRandomField(8, ndim=ndim)
+    kw = dict(members=2, steps=200, seed=2, dtype=torch.float64)
+    ref = sciencegen.sample(g.denoiser, g.shape, sampler="sequential_sde", **kw)
+    got = sciencegen.sample(g.denoiser, g.shape, sampler="picard_sde", **kw)
+    assert got.samples.shape == (2,) + g.shape
+    assert rel(got.samples, ref.samples) <= 1e-2
+
+
+def test_float32_picard_stays_close_to_float64_sequential():
+    g = GaussianRandomField(32)
+    ref = sciencegen.sample(g.denoiser, g.shape, members=2, steps=500, sampler="sequential_sde",
+                            dtype=torch.float64).samples
+    got = sciencegen.sample(g.denoiser, g.shape, members=2, steps=500, sampler="picard_sde", dtype=torch.float32)
+    assert got.samples.dtype == torch.float32
+    assert rel(got.samples.double(), ref) <= 1e-2

@@ -276,3 +276,13 @@ def test_float32_picard_stays_close_to_float64_sequential():
     got = sciencegen.sample(g.denoiser, g.shape, members=2, steps=500, sampler="picard_sde", dtype=torch.float32)
     assert got.samples.dtype == torch.float32
     assert rel(got.samples.double(), ref) <= 1e-2
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 12), (2, 7), (1, 4, 5, 6)])
+def test_fourier_norm_from_the_half_spectrum_equals_the_full_spectrum(shape):
+    from sciencegen.samplers.engine import NORMS
+
+    x = torch.randn(4, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dims = tuple(range(1, x.ndim))
+    full = torch.fft.fftn(x, dim=dims, norm="ortho").abs().reshape(4, -1).amax(1)
+    assert torch.allclose(NORMS["fourier"](x), full, rtol=1e-12)

@@ -192,11 +192,14 @@ def plot_tradeoff(rows: Sequence[BenchRow], path: str, title: str = "") -> None:
         for r in par:
             ax.annotate(r.spec or r.sampler, (r.nfe, r.rounds), textcoords="offset points", xytext=(4, 3),
                         fontsize=7)
-    seq = [r for r in rows if r.dist_to_sequential == 0]
-    for r in seq:
-        ax.axhline(r.rounds, color="grey", lw=0.8, ls="--")
-        ax.annotate(f"{r.sampler}: {r.rounds} rounds", (ax.get_xlim()[0], r.rounds), textcoords="offset points",
-                    xytext=(4, -10), fontsize=7, color="grey")
+    seq: dict[int, list[str]] = {}
+    for r in rows:
+        if r.dist_to_sequential == 0:
+            seq.setdefault(r.rounds, []).append(r.sampler)
+    for rounds, names in seq.items():
+        ax.axhline(rounds, color="grey", lw=0.8, ls="--")
+        ax.text(0.01, rounds, f" {', '.join(names)}: {rounds} rounds", transform=ax.get_yaxis_transform(),
+                va="top", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("denoiser evaluations per member (NFE)")

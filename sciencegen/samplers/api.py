@@ -184,6 +184,6 @@ def sample(
         "fallbacks_per_member": torch.cat(fpm),
         "residuals": residuals,
         "blocks": ends,
-        "options": {k: v for k, v in cfg.items()},
+        "options": dict(cfg),
     }
     return SampleResult(samples=torch.cat(outs), stats=stats)

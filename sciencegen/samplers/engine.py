@@ -172,7 +172,7 @@ def sequential_walk(
             for k in range(corrector_steps):
                 d = evaluate(denoiser, x, jn, tab, max_batch)
                 _check_finite(d, jn, tab)
-                z = _noise.normal(seed, members, j + 1, shape, tag=_noise.CORRECTOR + 16 * k,
+                z = _noise.normal(seed, members, j + 1, shape, tag=_noise.corrector_tag(k),
                                   dtype=x.dtype, device=x.device)
                 x = _corrector(x, d, jn, z, tab, corrector_size)
                 stats.rounds += 1
@@ -211,7 +211,8 @@ def picard_walk(
         As for :func:`sequential_walk` (``progress`` gets the slowest member's
         accepted index).
     tol
-        Point ``j`` has converged when ``rms(x_new - x_old) <= tol * sigma_j``.
+        Point ``j`` has converged when ``|x_new - x_old| <= tol * sigma_j`` in
+        the chosen ``norm``.
     window
         Most steps in flight per member (points solved at once).
     ends
@@ -283,14 +284,14 @@ def picard_walk(
         return torch.where(pp < su, torch.ones_like(pp), lf).clamp_min(0)
 
     def ensure_noise(idx: torch.Tensor, upto: torch.Tensor) -> None:
-        # draw the noise of steps nhi .. upto-1 for members idx (counter-based)
-        for i, u in zip(idx.tolist(), upto.tolist(), strict=True):
-            lo = max(int(nhi[i]), int(p[i]))
-            if u > lo:
-                steps = list(range(lo, u))
-                z = _noise.normal(seed, [members[i]] * len(steps), steps, shape, dtype=dt, device=dev)
-                nbuf[i, torch.tensor(steps, device=dev) % w] = z
-                nhi[i] = u
+        # draw the noise of steps max(nhi, p) .. upto-1 for members idx (counter-based);
+        # one host transfer for all members, not one per member
+        lo = torch.maximum(nhi[idx], p[idx])
+        for i, a, b in zip(idx.tolist(), lo.tolist(), upto.tolist(), strict=True):
+            if b > a:
+                z = _noise.normal(seed, [members[i]] * (b - a), list(range(a, b)), shape, dtype=dt, device=dev)
+                nbuf[i, torch.arange(a, b, device=dev) % w] = z
+        nhi[idx] = torch.maximum(nhi[idx], upto)
 
     def extend(idx: torch.Tensor) -> None:
         # guess points hi+1 .. p+L by the recurrence with the last D frozen
@@ -302,9 +303,7 @@ def picard_walk(
         todo = int((target - start).max().clamp_min(0))
         for o in range(todo):
             k = start + o
-            live = k < target
-            if not bool(live.any()):
-                break
+            live = k < target  # never empty: o < max(target - start)
             ii, kk = idx[live], k[live]
             xk = buf[ii, kk % r_pts]
             xn = (_bcast(tab.A[kk] + tab.E[kk], xk) * xk + _bcast(tab.B[kk], xk) * d_last[ii]
@@ -415,8 +414,7 @@ def picard_walk(
         if ci.numel():
             k = corrector_steps - corr_left[ci]
             z = torch.stack([
-                _noise.normal(seed, [members[i]], int(j), shape, tag=_noise.CORRECTOR + 16 * int(kk),
-                              dtype=dt, device=dev)[0]
+                _noise.normal(seed, [members[i]], j, shape, tag=_noise.corrector_tag(kk), dtype=dt, device=dev)[0]
                 for i, j, kk in zip(ci.tolist(), cj.tolist(), k.tolist(), strict=True)
             ])
             buf[ci, cj % r_pts] = _corrector(buf[ci, cj % r_pts], dc, cj, z, tab, corrector_size)

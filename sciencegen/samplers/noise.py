@@ -13,12 +13,17 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["INIT", "CORRECTOR", "STEP", "normal", "stream_key"]
+__all__ = ["INIT", "CORRECTOR", "STEP", "corrector_tag", "normal", "stream_key"]
 
 _MASK = (1 << 64) - 1
 
 #: stream tags: the initial state, the step noise, Langevin corrector noise
 INIT, STEP, CORRECTOR = 0, 1, 2
+
+
+def corrector_tag(k: int) -> int:
+    """Stream tag of the ``k``-th Langevin corrector step at a grid point."""
+    return CORRECTOR + 16 * int(k)
 
 
 def _splitmix64(z: int) -> int:

@@ -67,6 +67,6 @@ def resolve(name: str, options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {sorted(allowed)}")
-    cfg = {**allowed, **spec, **{k: v for k, v in options.items()}}
+    cfg = {**allowed, **spec, **options}
     cfg["kind"] = kind
     return cfg

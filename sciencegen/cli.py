@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-__all__ = ["bench"]
+__all__ = ["bench", "data"]
 
 
 def _threads(n: int | None) -> None:
@@ -85,6 +85,28 @@ def _split_specs(text: str) -> list[str]:
         if cur:
             out.append(cur)
     return out
+
+
+def _fail(prog: str, exc: BaseException) -> None:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def data() -> None:
+    """``sciencegen-data``: generate or prepare a dataset (Hydra app over ``conf/data.yaml``)."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="data")
+    def _main(cfg) -> None:
+        from .data.fields import DataError
+        from .pipelines.data import run_data
+
+        try:
+            run_data(cfg)
+        except DataError as exc:
+            _fail("sciencegen-data", exc)
+
+    _main()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,9 +87,11 @@ class GaussianRandomField:
                dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
         """``count`` exact samples ``[count, *shape]``."""
         white = torch.randn((count, *self.shape), generator=generator, dtype=torch.float64)
-        white = white.to(device)
-        v = self._var(white)
-        return self._filter(white, v.sqrt()).to(dtype)
+        return self.colour(white.to(device)).to(dtype)
+
+    def colour(self, white: torch.Tensor) -> torch.Tensor:
+        """Exact samples from white noise ``[B, *shape]`` (filter by the square root of the spectrum)."""
+        return self._filter(white, self._var(white).sqrt())
 
     def spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact radially binned per-mode variance: ``(k_bins, variance)``."""

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["INIT", "CORRECTOR", "STEP", "corrector_tag", "normal", "stream_key"]
+__all__ = ["INIT", "CORRECTOR", "DATA", "STEP", "corrector_tag", "normal", "stream_key"]
 
 _MASK = (1 << 64) - 1
 
-#: stream tags: the initial state, the step noise, Langevin corrector noise
-INIT, STEP, CORRECTOR = 0, 1, 2
+#: stream tags: the initial state, the step noise, Langevin corrector noise, dataset samples
+INIT, STEP, CORRECTOR, DATA = 0, 1, 2, 3
 
 
 def corrector_tag(k: int) -> int:

@@ -1,0 +1,1 @@
+"""Data preparation and streaming for training: prepared Zarr datasets, statistics, torch loaders."""

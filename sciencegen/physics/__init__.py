@@ -1,0 +1,1 @@
+"""Dataset generators: physical models whose trajectories become training data."""

@@ -1,0 +1,211 @@
+"""Built-in generated datasets as lazy Dask graphs: one task per chunk of samples.
+
+Each sample depends only on ``(seed, index)``, so any chunking or worker count
+gives the same data. See ``datasets/grf.md`` and ``datasets/kolmogorov.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+
+from ..data.fields import DataError, FieldSpec
+from ..data.sources import FieldSource
+from ..samplers import noise
+from ..targets import GaussianRandomField
+
+__all__ = ["GRFSource", "KolmogorovSource", "grf_samples"]
+
+_AXES = ("z", "y", "x")
+
+
+def grf_samples(target: GaussianRandomField, seed: int, start: int, stop: int) -> np.ndarray:
+    """Exact samples ``start..stop-1`` of a GRF; sample ``i`` depends only on ``(seed, i)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[stop - start, channels, n, ...]`` float64.
+    """
+    white = noise.normal(seed, range(start, stop), 0, target.shape, tag=noise.DATA, dtype=torch.float64)
+    return target.colour(white).numpy()
+
+
+class GRFSource(FieldSource):
+    """Periodic Gaussian random fields with a power-law spectrum, sampled exactly (``dataset=grf``).
+
+    Parameters
+    ----------
+    size
+        Grid points per side.
+    samples
+        Number of samples.
+    slope, k0
+        Spectral slope and roll-over wavenumber (see :class:`~sciencegen.targets.GaussianRandomField`).
+    channels
+        Independent channels (variables ``field`` or ``field0..``).
+    ndim
+        1, 2 or 3 spatial dims (``x``; ``y, x``; ``z, y, x``).
+    seed
+        Sample ``i`` depends only on ``(seed, i)``.
+    chunk
+        Samples per chunk (one generation task each).
+    name, nonfinite
+        See :class:`~sciencegen.data.sources.FieldSource`.
+    """
+
+    generated = True
+
+    def __init__(self, size: int = 32, samples: int = 4096, slope: float = 3.0, k0: float = 4.0, channels: int = 1,
+                 ndim: int = 2, seed: int = 0, chunk: int = 256, name: str = "grf", nonfinite: str = "error"):
+        super().__init__(name, nonfinite)
+        checks = (("size", size, 2), ("samples", samples, 1), ("channels", channels, 1), ("chunk", chunk, 1))
+        for key, val, lo in checks:
+            if int(val) != val or val < lo:
+                raise DataError(f"dataset.{key} must be an integer >= {lo}, got {val!r}")
+        try:
+            self._target = GaussianRandomField(int(size), slope=slope, k0=k0, channels=int(channels), ndim=int(ndim))
+        except ValueError as exc:
+            raise DataError(f"dataset: {exc}") from None
+        self.size, self.samples, self.seed, self.chunk = int(size), int(samples), int(seed), int(chunk)
+        self.slope, self.k0, self.channels, self.ndim = float(slope), float(k0), int(channels), int(ndim)
+
+    def target(self) -> GaussianRandomField:
+        """The exact law (its denoiser is the ``oracle`` model)."""
+        return self._target
+
+    def variables(self) -> tuple[str, ...]:
+        """Variable names, one per channel."""
+        return ("field",) if self.channels == 1 else tuple(f"field{c}" for c in range(self.channels))
+
+    def attrs(self) -> dict[str, Any]:
+        """Generator parameters for the store attributes."""
+        return {"title": f"Gaussian random fields {self.size}^{self.ndim}", "source": "sciencegen grf generator",
+                "grf_slope": self.slope, "grf_k0": self.k0, "grf_seed": self.seed,
+                "comment": "per-mode variance (1 + |k|^2/k0^2)^(-slope/2) in the orthonormal DFT basis, "
+                "normalised to mean per-pixel variance 1; periodic unit domain"}
+
+    def chunks(self) -> dict[str, int]:
+        """One chunk per generation task."""
+        return {"sample": min(self.chunk, self.samples)}
+
+    def open(self, progress: bool = False) -> tuple[xr.Dataset, FieldSpec, str]:
+        """Lazy dataset: one Dask task per chunk of samples."""
+        n, shape = self.size, self._target.shape
+        fdims = _AXES[-self.ndim:]
+        chunk = min(self.chunk, self.samples)
+        blocks = []
+        for start in range(0, self.samples, chunk):
+            stop = min(start + chunk, self.samples)
+            task = dask.delayed(grf_samples, pure=True)(self._target, self.seed, start, stop)
+            blocks.append(da.from_delayed(task, (stop - start, *shape), dtype=np.float64))
+        arr = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        coords = {d: (d, (np.arange(n) / n), {"units": "1", "long_name": f"{d} position (unit periodic domain)",
+                                               "axis": d.upper()}) for d in fdims}
+        coords["sample"] = ("sample", np.arange(self.samples), {"long_name": "sample index"})
+        data = {}
+        for c, v in enumerate(self.variables()):
+            name = "Gaussian random field" + (f" channel {c}" if self.channels > 1 else "")
+            data[v] = (("sample", *fdims), arr[:, c].astype(np.float32), {"units": "1", "long_name": name})
+        ds = xr.Dataset(data, coords=coords)
+        spec = FieldSpec(self.variables(), ("sample",), fdims, {d: True for d in fdims})
+        return ds, spec, f"grf (size {n}, {self.samples} samples)"
+
+
+class KolmogorovSource(FieldSource):
+    """2-D Kolmogorov flow snapshots from the package's pseudo-spectral solver (``dataset=kolmogorov``).
+
+    Parameters
+    ----------
+    trajectories
+        Independent trajectories (random initial conditions).
+    chunk
+        Trajectories simulated together per task (batched on the device).
+    device
+        Torch device for the solver (``cpu``, ``cuda``).
+    variables
+        Variables to keep (default ``vorticity, u, v``... as configured).
+    name, nonfinite
+        See :class:`~sciencegen.data.sources.FieldSource`.
+    **flow
+        Parameters of :class:`~sciencegen.physics.kolmogorov.KolmogorovFlow` (size, viscosity, drag, ...).
+    """
+
+    generated = True
+
+    def __init__(self, trajectories: int = 16, chunk: int = 4, device: str = "cpu",
+                 variables: Any = ("vorticity",), name: str = "kolmogorov", nonfinite: str = "error", **flow: Any):
+        from .kolmogorov import KolmogorovFlow
+
+        super().__init__(name, nonfinite)
+        for key, val in (("trajectories", trajectories), ("chunk", chunk)):
+            if int(val) != val or val < 1:
+                raise DataError(f"dataset.{key} must be an integer >= 1, got {val!r}")
+        try:
+            self.flow = KolmogorovFlow(**flow)
+        except TypeError as exc:
+            raise DataError(f"dataset: {exc}") from None
+        self.trajectories, self.chunk, self.device = int(trajectories), int(chunk), str(device)
+        self.vars = (variables,) if isinstance(variables, str) else tuple(variables)
+        unknown = [v for v in self.vars if v not in ("vorticity", "u", "v")]
+        if unknown or not self.vars:
+            raise DataError(f"dataset.variables: choose from vorticity, u, v; got {list(self.vars)}")
+
+    def chunks(self) -> dict[str, int]:
+        """One chunk per simulation task (all snapshots of ``chunk`` trajectories)."""
+        return {"trajectory": min(self.chunk, self.trajectories), "time": self.flow.snapshots}
+
+    def attrs(self) -> dict[str, Any]:
+        """Solver parameters for the store attributes."""
+        from dataclasses import asdict
+
+        return {"title": f"Kolmogorov flow {self.flow.size}^2", "source": "sciencegen kolmogorov solver",
+                **{f"kolmogorov_{k}": v for k, v in asdict(self.flow).items()}}
+
+    def open(self, progress: bool = False) -> tuple[xr.Dataset, FieldSpec, str]:
+        """Lazy dataset: one Dask task per chunk of trajectories; coordinates from a zero-cost template."""
+        template = self.flow.simulate(range(0, 0), device="cpu")
+        n, t = self.flow.size, self.flow.snapshots
+        chunk = min(self.chunk, self.trajectories)
+        sims, data = [], {}
+        for start in range(0, self.trajectories, chunk):
+            stop = min(start + chunk, self.trajectories)
+            sims.append((start, stop, dask.delayed(_simulate, pure=True)(self.flow, start, stop, self.device,
+                                                                        self.vars, progress)))
+        for i, v in enumerate(self.vars):
+            blocks = [da.from_delayed(_pick(s, i), (b - a, t, n, n), dtype=np.float32)
+                      for a, b, s in sims]
+            arr = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+            attrs = dict(template[v].attrs) if template is not None else {}
+            data[v] = (("trajectory", "time", "y", "x"), arr, attrs)
+        coords = _flow_coords(self.flow, self.trajectories, template)
+        ds = xr.Dataset(data, coords=coords, attrs=dict(template.attrs) if template is not None else {})
+        spec = FieldSpec(self.vars, ("trajectory", "time"), ("y", "x"), {"y": True, "x": True})
+        return ds, spec, f"kolmogorov ({n}^2, {self.trajectories} trajectories x {t} snapshots)"
+
+
+def _pick(task: Any, i: int) -> Any:
+    return dask.delayed(lambda arrays: arrays[i], pure=True)(task)
+
+
+def _simulate(flow: Any, start: int, stop: int, device: str, variables: tuple[str, ...], progress: bool):
+    ds = flow.simulate(range(start, stop), device=device, progress=progress)
+    return [np.asarray(ds[v].transpose("trajectory", "time", "y", "x").values, dtype=np.float32) for v in variables]
+
+
+def _flow_coords(flow: Any, trajectories: int, template: xr.Dataset | None) -> dict[str, Any]:
+    n = flow.size
+    coords: dict[str, Any] = {"trajectory": ("trajectory", np.arange(trajectories), {"long_name": "trajectory index"})}
+    for d in ("time", "y", "x"):
+        if template is not None and d in template.coords:
+            coords[d] = (d, np.asarray(template[d].values), dict(template[d].attrs))
+    coords.setdefault("time", ("time", flow.snapshot_interval * np.arange(flow.snapshots), {}))
+    for d in ("y", "x"):
+        coords.setdefault(d, (d, 2 * math.pi * np.arange(n) / n, {}))
+    return coords

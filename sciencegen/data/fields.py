@@ -134,7 +134,8 @@ def open_user_data(path: Any, kind: str = "netcdf", engine: str | None = None) -
     Returns
     -------
     dataset, label
-        The lazy dataset and a short label naming the source (for messages).
+        The lazy dataset (lazily indexed backend arrays; one Dask chunk per file for a glob) and a
+        short label naming the source. Chunk it (:func:`choose_chunks`) before computing anything.
     """
     paths = expand_paths(path, kind)
     label = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more files)"
@@ -142,10 +143,10 @@ def open_user_data(path: Any, kind: str = "netcdf", engine: str | None = None) -
         if kind == "zarr":
             if len(paths) != 1:
                 raise DataError(f"{label}: a zarr dataset is one store, got {len(paths)} paths")
-            ds = xr.open_zarr(paths[0], chunks={})
+            ds = xr.open_zarr(paths[0], chunks=None)
         elif kind == "netcdf":
             if len(paths) == 1:
-                ds = xr.open_dataset(paths[0], engine=engine, chunks={})
+                ds = xr.open_dataset(paths[0], engine=engine, chunks=None)
             else:
                 ds = xr.open_mfdataset(paths, engine=engine, combine="by_coords", parallel=False)
         else:

@@ -14,7 +14,15 @@ from typing import Any
 
 import xarray as xr
 
-from .fields import NONFINITE_POLICIES, DataError, FieldSpec, apply_selection, open_user_data, resolve_spec
+from .fields import (
+    NONFINITE_POLICIES,
+    DataError,
+    FieldSpec,
+    apply_selection,
+    choose_chunks,
+    open_user_data,
+    resolve_spec,
+)
 
 __all__ = ["FieldSource", "NetCDFSource", "ZarrSource"]
 
@@ -74,6 +82,9 @@ class _UserSource(FieldSource):
         ds, label = open_user_data(self.path, self.kind, self.engine)
         ds = apply_selection(ds, self.select, label)
         spec = resolve_spec(ds, self.variables, self.sample_dims, self.field_dims, self.periodic, label)
+        # Dask chunks of bounded size along the sample dims, so no task ever reads a whole variable
+        itemsize = max(ds[v].dtype.itemsize for v in spec.variables)
+        ds = ds[list(spec.variables)].chunk(choose_chunks(ds, spec, 8.0, itemsize))
         return ds, spec, label
 
 

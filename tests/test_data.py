@@ -177,8 +177,8 @@ def test_multifile_glob_with_level_and_selection(tmp_path):
     # level as a selection instead: one level, 2-D fields; time range selection
     out2 = tmp_path / "sel.zarr"
     p2 = run_data(cfg("dataset=netcdf", f"dataset.path={tmp_path}/part*.nc", "dataset.variables=[t2m]",
-                      "dataset.sample_dims=[time]", "+dataset.select.level=1000.0",
-                      "+dataset.select.time.start=2020-01-01T06", "+dataset.select.time.stop=2020-01-02T00",
+                      "dataset.sample_dims=[time]",
+                      "dataset.select={level: 1000.0, time: {start: 2020-01-01T06, stop: 2020-01-02T00}}",
                       f"output.path={out2}"))
     assert p2.spec.field_dims == ("lat", "lon") and p2.ds.sizes["time"] == 4
 
@@ -330,3 +330,24 @@ def test_command_line_example_and_bad_input(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("sciencegen-data: error: ")
     assert "variable 'sst' not found" in r.stderr and not bad.exists()
+
+
+# --------------------------------------------------------------------------- checked-in samples
+
+SAMPLES = Path(__file__).resolve().parents[1] / "datasets" / "samples"
+
+
+def test_checked_in_grf_sample_matches_a_fresh_generation():
+    path = SAMPLES / "grf32.nc"
+    assert path.stat().st_size < 1_000_000
+    ds = xr.open_dataset(path)
+    meta = json.loads(ds.attrs[ATTR])
+    fresh, _, _ = GRFSource(size=32, samples=ds.sizes["sample"], seed=meta["config"]["seed"]).open()
+    np.testing.assert_array_equal(ds["field"].values, fresh["field"].values)
+
+
+def test_checked_in_sample_prepares_as_user_netcdf(tmp_path):
+    p = run_data(cfg("dataset=netcdf", f"dataset.path={SAMPLES / 'grf32.nc'}", "dataset.variables=[field]",
+                     "dataset.sample_dims=[sample]", "dataset.periodic={y: true, x: true}",
+                     f"output.path={tmp_path / 's.zarr'}"))
+    assert p.samples == 64 and p.spec.periodic == {"y": True, "x": True}

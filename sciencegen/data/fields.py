@@ -282,7 +282,9 @@ def nonfinite_report(ds: xr.Dataset, spec: FieldSpec, progress: bool = False) ->
 def _coord_value(ds: xr.Dataset, dim: str, i: int) -> Any:
     if dim in ds.coords:
         val = ds[dim].values[i]
-        return str(val) if isinstance(val, np.datetime64 | np.timedelta64) else val.item()
+        if isinstance(val, np.datetime64):
+            return np.datetime_as_string(val, unit="s")
+        return str(val) if isinstance(val, np.timedelta64) else val.item()
     return int(i)
 
 

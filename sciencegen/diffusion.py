@@ -110,12 +110,18 @@ def make_grid(
 
 @dataclass(frozen=True)
 class StepTable:
-    """Coefficients of ``x_{j+1} = A_j x_j + B_j D(x_j) + E_j x_j + C_j xi_j``.
+    """Coefficients of one step of the reverse recurrence (first or second order).
 
-    ``A`` is the part integrated exactly by the (parallel) scan; ``B`` and ``E``
-    multiply the *lagged* quantities (the denoiser output and the state at the
-    previous Picard iterate).  Sequentially the split does not matter: the step
-    is ``(A + E) x + B D + C xi``.
+    ``x_{j+1} = A_j x_j + B_j D_j + B2_j D_{j-1} + B3_j D'_j + E_j x_j + C_j xi_j`` with
+
+    * ``D_j = D(x_j / alpha_j + eta_j xi_j, s_eval_j)``: the denoiser at the (churned) state;
+    * ``D_{j-1}``: the previous step's ``D`` (multistep methods, DPM-Solver++(2M));
+    * ``D'_j = D(x'_{j+1} / alpha_{j+1}, s_{j+1})`` at the predictor
+      ``x'_{j+1} = PA_j x_j + PB_j D_j + C_j xi_j`` (Heun; only where ``B3_j != 0``).
+
+    ``A`` is the part integrated exactly by the (parallel) scan; ``B``, ``B2``,
+    ``B3`` and ``E`` multiply the *lagged* quantities of a Picard iteration.
+    Sequentially the split does not matter: the step is ``(A + E) x + ...``.
 
     Attributes
     ----------
@@ -123,7 +129,9 @@ class StepTable:
         OU times, VP scale, VP noise and EDM noise level at the ``N + 1`` points.
     A, B, E, C
         Step coefficients, ``N`` each (float64).
-    form, method, lag
+    B2, B3, PA, PB, eta, s_eval
+        Second-order and churn coefficients (zeros, and ``s_eval = s``, for first-order tables).
+    form, method, lag, order
         How the table was built (see :func:`step_table`).
     """
 
@@ -138,6 +146,13 @@ class StepTable:
     form: str
     method: str
     lag: str
+    B2: torch.Tensor | None = None
+    B3: torch.Tensor | None = None
+    PA: torch.Tensor | None = None
+    PB: torch.Tensor | None = None
+    eta: torch.Tensor | None = None
+    s_eval: torch.Tensor | None = None
+    order: int = 1
 
     @property
     def steps(self) -> int:
@@ -151,20 +166,24 @@ class StepTable:
 
 
 FORMS = ("data", "score")
-METHODS = ("sde", "ode")
+METHODS = ("sde", "ode", "heun")
 LAGS = ("F", "step")
 
 
-def step_table(t: torch.Tensor, method: str = "sde", form: str = "data", lag: str = "F") -> StepTable:
-    """Build the first-order exponential-integrator step table on grid ``t``.
+def step_table(t: torch.Tensor, method: str = "sde", form: str = "data", lag: str = "F", order: int = 1,
+               churn: float = 0.0, churn_min: float = 0.0, churn_max: float = math.inf,
+               churn_noise: float = 1.0) -> StepTable:
+    """Build the step table of an exponential integrator (or EDM's Heun) on grid ``t``.
 
     Parameters
     ----------
     t
         Decreasing OU times ending at 0 (from :func:`make_grid`).
     method
-        ``"sde"`` (reverse SDE, ancestral / SDE-DPM-Solver++(1)) or ``"ode"``
-        (probability flow, DDIM / DPM-Solver++(1)).
+        ``"sde"`` (reverse SDE, ancestral / SDE-DPM-Solver++), ``"ode"``
+        (probability flow, DDIM / DPM-Solver++) or ``"heun"`` (EDM Algorithm 1/2:
+        Heun's method on the probability-flow ODE in the noise level, two
+        denoiser calls per step except the last; data form only).
     form
         ``"data"``: the frozen quantity is the denoiser output ``D``, linear
         part exact in log-SNR (DPM-Solver++).  ``"score"``: the frozen quantity
@@ -174,6 +193,15 @@ def step_table(t: torch.Tensor, method: str = "sde", form: str = "data", lag: st
         What a Picard iteration lags: ``"F"`` lags only the frozen quantity (the
         linear part is scanned exactly), ``"step"`` lags the whole increment
         ``x_{j+1} - x_j`` (ParaDiGMS, Shih et al. 2023).
+    order
+        ``1`` or ``2`` for ``sde``/``ode`` in data form: ``2`` is the multistep
+        DPM-Solver++(2M) (ODE) / SDE-DPM-Solver++(2M) (SDE), midpoint variant,
+        first order at the first and the last step.  Heun is always order 2.
+    churn, churn_min, churn_max, churn_noise
+        EDM's stochastic Heun (``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``):
+        at steps with ``churn_min <= s_j <= churn_max`` the state is lifted to
+        ``s_hat = s_j (1 + gamma)``, ``gamma = min(churn / N, sqrt(2) - 1)``, by
+        fresh noise before the step.  ``churn = 0``: deterministic.
 
     Returns
     -------
@@ -185,11 +213,23 @@ def step_table(t: torch.Tensor, method: str = "sde", form: str = "data", lag: st
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if lag not in LAGS:
         raise ValueError(f"lag must be one of {LAGS}, got {lag!r}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if (order == 2 or method == "heun") and form != "data":
+        raise ValueError(f"second-order methods use form='data', got form={form!r}")
+    if churn < 0 or churn_noise < 0:
+        raise ValueError(f"churn and churn_noise must be >= 0, got {churn!r}, {churn_noise!r}")
+    if churn and method != "heun":
+        raise ValueError("churn applies to method='heun' only (the sde method is stochastic already)")
     t = torch.as_tensor(t, dtype=torch.float64)
     if t.ndim != 1 or t.numel() < 2 or not bool((t[1:] < t[:-1]).all()) or float(t[-1]) < 0:
         raise ValueError("t must be a strictly decreasing 1-D grid of >= 2 non-negative times")
     alpha, sigma = alpha_sigma(t)
     s = sigma / alpha
+    zero = torch.zeros(t.numel() - 1, dtype=torch.float64)
+    extra = {"B2": zero, "B3": zero, "PA": zero, "PB": zero, "eta": zero, "s_eval": s[:-1].clone()}
+    if method == "heun":
+        return _heun_table(t, alpha, sigma, s, lag, churn, churn_min, churn_max, churn_noise)
     a0, a1, sg0, sg1 = alpha[:-1], alpha[1:], sigma[:-1], sigma[1:]
     r = s[1:] / s[:-1]  # e^{-h}, h = lambda_{j+1} - lambda_j; exactly 0 at s = 0
     if form == "data":
@@ -212,12 +252,48 @@ def step_table(t: torch.Tensor, method: str = "sde", form: str = "data", lag: st
         a, b, c = torch.where(last, 0.0, a), torch.where(last, 1.0, b), torch.where(last, 0.0, c)
         p, q = torch.where(last, 1.0, p), torch.where(last, 0.0, q)
     B, E = b * p, b * q
-    if lag == "step":
-        A = torch.ones_like(a)
-        E = a - 1 + E
-    else:
-        A = a
-    return StepTable(t=t, alpha=alpha, sigma=sigma, s=s, A=A, B=B, E=E, C=c, form=form, method=method, lag=lag)
+    if order == 2:
+        # multistep midpoint correction D + (D_j - D_{j-1}) / (2 r_j), r_j = h_{j-1} / h_j (Lu et al. 2022b);
+        # first order at the first step and at the last (h = inf there)
+        lam = -torch.log(s)
+        h = lam[1:] - lam[:-1]
+        ratio = torch.full_like(h, math.inf)
+        ratio[1:] = h[:-1] / h[1:]
+        ok = torch.isfinite(h) & torch.isfinite(ratio) & (ratio > 0)
+        corr = torch.where(ok, 0.5 / torch.where(ok, ratio, 1.0), 0.0)
+        B, extra["B2"] = B * (1 + corr), -B * corr
+    A, E = _split_lag(a, E, lag)
+    return StepTable(t=t, alpha=alpha, sigma=sigma, s=s, A=A, B=B, E=E, C=c, form=form, method=method, lag=lag,
+                     order=order, **extra)
+
+
+def _split_lag(a: torch.Tensor, e: torch.Tensor, lag: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # lag="step": the scan carries x unchanged and the whole increment is lagged
+    return (torch.ones_like(a), a - 1 + e) if lag == "step" else (a, e)
+
+
+def _heun_table(t, alpha, sigma, s, lag, churn, churn_min, churn_max, churn_noise) -> StepTable:
+    # Karras et al. 2022, Algorithms 1-2, in the EDM variable y = x / alpha with noise level s:
+    #   y_hat = y + eta xi,  y' = rho y_hat + (1 - rho) D,  rho = s_{j+1} / s_hat
+    #   y_{j+1} = rho y_hat + (1 - rho) [(2 rho - 1) / (2 rho) D + 1 / (2 rho) D'],  D' = D(y', s_{j+1})
+    # (the last step, to s = 0, is Euler: y_N = D).  Written back in VP units x = alpha y.
+    n = t.numel() - 1
+    s0, s1, a0, a1 = s[:-1], s[1:], alpha[:-1], alpha[1:]
+    gamma = torch.where((s0 >= churn_min) & (s0 <= churn_max),
+                        torch.full_like(s0, min(churn / n, math.sqrt(2) - 1)), torch.zeros_like(s0))
+    s_hat = s0 * (1 + gamma)
+    eta = churn_noise * (s_hat**2 - s0**2).clamp_min(0).sqrt()
+    rho = s1 / s_hat
+    a = (a1 / a0) * rho
+    c = a1 * rho * eta
+    pb = a1 * (1 - rho)
+    last = s1 == 0
+    safe = torch.where(last, 1.0, rho)
+    B = torch.where(last, a1, a1 * (1 - rho) * (2 * safe - 1) / (2 * safe))
+    B3 = torch.where(last, 0.0, a1 * (1 - rho) / (2 * safe))
+    A, E = _split_lag(a, torch.zeros_like(a), lag)
+    return StepTable(t=t, alpha=alpha, sigma=sigma, s=s, A=A, B=B, E=E, C=c, form="data", method="heun", lag=lag,
+                     B2=torch.zeros_like(a), B3=B3, PA=a, PB=pb, eta=eta, s_eval=s_hat, order=2)
 
 
 def block_ends(table: StepTable, blocks: int) -> list[int]:

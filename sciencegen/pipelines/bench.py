@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..samplers import SAMPLERS, resolve, sample
+from ..samplers import SAMPLERS, resolve, sample, twin
 from ..targets import GaussianRandomField, spectral_error
 
 __all__ = ["BenchRow", "DEFAULT_SAMPLERS", "format_table", "plot_tradeoff", "run_bench", "run_scaling"]
@@ -41,13 +41,8 @@ class BenchRow:
     spec: str = ""
 
 
-def _twin_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: cfg[k] for k in ("form", "grid", "sigma_min", "sigma_max", "blocks", "corrector_steps",
-                                "corrector_size")}
-
-
 def _short(cfg: dict[str, Any], overrides: dict[str, Any]) -> str:
-    keys = ["form", "lag", "blocks", "window", "tol", "norm", "accept"] if cfg["kind"] == "picard" else ["form"]
+    keys = ["form", "lag", "blocks", "window", "tol", "norm", "accept"] if cfg["kind"] == "picard" else []
     parts = [f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None]
     parts += [f"{k}={v}" for k, v in overrides.items() if k not in keys]
     return " ".join(parts)
@@ -93,11 +88,11 @@ def run_bench(
         name, opts = parse_spec(spec)
         opts = {**(overrides or {}).get(name, {}), **opts}
         cfg = resolve(name, opts)
-        twin = "sequential_" + cfg["method"]
-        key = (twin, tuple(sorted(_twin_options(cfg).items())))
+        seq, seq_opts = twin(name, opts)
+        key = (seq, tuple(sorted(seq_opts.items())))
         if key not in refs:
-            refs[key] = sample(target.denoiser, target.shape, members, twin, steps, seed, dtype=dtype,
-                               **_twin_options(cfg)).samples
+            refs[key] = sample(target.denoiser, target.shape, members, seq, steps, seed, dtype=dtype,
+                               **seq_opts).samples
         ref = refs[key]
         walls = []
         for _ in range(max(1, repeats)):

@@ -2,7 +2,7 @@
 
 from .api import SampleResult, sample, sampler_table
 from .engine import WalkStats, evaluate, picard_walk, sequential_walk
-from .registry import SAMPLERS, resolve
+from .registry import SAMPLERS, resolve, twin
 
 __all__ = [
     "SAMPLERS",
@@ -14,4 +14,5 @@ __all__ = [
     "sample",
     "sampler_table",
     "sequential_walk",
+    "twin",
 ]

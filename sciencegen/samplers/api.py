@@ -53,7 +53,9 @@ def sampler_table(sampler: str, steps: int, **options: Any):
     """The resolved options, step table and block ends a named sampler uses."""
     cfg = resolve(sampler, options)
     t = make_grid(steps, cfg["grid"], cfg["sigma_min"], cfg["sigma_max"])
-    table = step_table(t, cfg["method"], cfg["form"], cfg.get("lag", "F"))
+    table = step_table(t, cfg["method"], cfg["form"], cfg.get("lag", "F"), order=int(cfg["order"]),
+                       churn=float(cfg["churn"]), churn_min=float(cfg["churn_min"]),
+                       churn_max=float(cfg["churn_max"]), churn_noise=float(cfg["churn_noise"]))
     ends = block_ends(table, cfg["blocks"])
     return cfg, table, ends
 

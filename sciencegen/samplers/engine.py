@@ -59,10 +59,32 @@ class _Table:
     def __init__(self, table: StepTable, dtype: torch.dtype, device: torch.device):
         kw = {"dtype": dtype, "device": device}
         self.n = table.steps
+        zero = torch.zeros_like(table.A)
         self.A, self.B, self.E, self.C = (v.to(**kw) for v in (table.A, table.B, table.E, table.C))
+        self.B2, self.B3, self.PA, self.PB, self.eta = (
+            (v if v is not None else zero).to(**kw) for v in (table.B2, table.B3, table.PA, table.PB, table.eta))
         self.alpha, self.sigma, self.s = (v.to(**kw) for v in (table.alpha, table.sigma, table.s))
+        self.s_eval = (table.s_eval if table.s_eval is not None else table.s[:-1]).to(**kw)
+        #: multistep (needs D_{j-1}), predictor stage (Heun), churned evaluation points
+        self.multistep = bool((self.B2 != 0).any())
+        self.pred = (self.B3 != 0).cpu()
+        self.has_pred = bool(self.pred.any())
+        self.churn = bool((self.eta != 0).any())
         # noise level used to normalise residuals: sigma_j, floored at sigma_{N-1}
         self.sig_norm = torch.clamp(self.sigma, min=float(table.sigma[max(self.n - 1, 0)]))
+
+    def source(self, x: torch.Tensor, j: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """EDM inputs ``(y, s)`` of the denoiser at the sources ``x_j`` (churned by ``eta_j z`` where set)."""
+        y = x / _bcast(self.alpha[j], x)
+        if self.churn and z is not None:
+            y = y + _bcast(self.eta[j], x) * z
+        return y, self.s_eval[j]
+
+    def predictor(self, x: torch.Tensor, d: torch.Tensor, z: torch.Tensor, j: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """EDM inputs at Heun's predictor ``x'_{j+1} = PA x + PB D + C z`` (noise level ``s_{j+1}``)."""
+        xp = _bcast(self.PA[j], x) * x + _bcast(self.PB[j], x) * d + _bcast(self.C[j], x) * z
+        return xp / _bcast(self.alpha[j + 1], x), self.s[j + 1]
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -72,38 +94,38 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def evaluate(
     denoiser: Denoiser,
-    x: torch.Tensor,
-    j: torch.Tensor,
-    tab: _Table,
+    y: torch.Tensor,
+    level: torch.Tensor,
     max_batch: int | None = None,
 ) -> torch.Tensor:
-    """Denoiser output ``D`` at VP states ``x`` (``[P, *shape]``) at grid indices ``j``.
+    """Denoiser output at EDM inputs ``y`` (``[P, *shape]``) and noise levels ``level`` (``[P]``).
 
-    Converts to the EDM convention (``x / alpha_j``, noise level ``s_j``), splits
-    the batch into micro-batches of at most ``max_batch`` items, and checks the
-    shape of every answer.
+    The one place every walk calls the network: splits the batch into
+    micro-batches of at most ``max_batch`` items and checks the shape of every
+    answer (a distributed split of a round goes here too).
     """
-    if x.shape[0] == 0:
-        return torch.empty_like(x)
-    step = x.shape[0] if not max_batch else int(max_batch)
+    if y.shape[0] == 0:
+        return torch.empty_like(y)
+    step = y.shape[0] if not max_batch else int(max_batch)
     out = []
-    for lo in range(0, x.shape[0], step):
-        xi, ji = x[lo : lo + step], j[lo : lo + step]
-        s = tab.s[ji]
-        d = denoiser(xi / _bcast(tab.alpha[ji], xi), s)
-        if not isinstance(d, torch.Tensor) or d.shape != xi.shape:
+    for lo in range(0, y.shape[0], step):
+        yi = y[lo : lo + step]
+        d = denoiser(yi, level[lo : lo + step])
+        if not isinstance(d, torch.Tensor) or d.shape != yi.shape:
             got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
-            raise ValueError(f"denoiser returned shape {got} for input of shape {tuple(xi.shape)}")
-        out.append(d.to(x.dtype))
+            raise ValueError(f"denoiser returned shape {got} for input of shape {tuple(yi.shape)}")
+        out.append(d.to(y.dtype))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _check_finite(d: torch.Tensor, j: torch.Tensor, tab: _Table) -> None:
+def _check_finite(d: torch.Tensor, j: torch.Tensor, level: torch.Tensor) -> None:
+    if d.shape[0] == 0:
+        return
     bad = ~torch.isfinite(d.reshape(d.shape[0], -1)).all(1)
     if bool(bad.any()):
         k = int(bad.nonzero()[0, 0])
         raise ValueError(
-            f"denoiser returned non-finite values at step {int(j[k])} (sigma={float(tab.s[j[k]]):.4g})"
+            f"denoiser returned non-finite values at step {int(j[k])} (sigma={float(level[k]):.4g})"
         )
 
 
@@ -128,7 +150,9 @@ def sequential_walk(
     corrector_size: float = 0.1,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, WalkStats]:
-    """Walk the step table one step per round (DDPM / DDIM / DPM-Solver++(1)).
+    """Walk the step table one step at a time (DDPM / DDIM / DPM-Solver++ / EDM Heun).
+
+    One round per step, two where the step has a predictor stage (Heun).
 
     Parameters
     ----------
@@ -160,18 +184,29 @@ def sequential_walk(
     shape = tuple(x.shape[1:])
     stats = WalkStats()
     corr = set(int(c) for c in corrector_at if 0 < c < tab.n) if corrector_steps else set()
+    d_prev = torch.zeros_like(x)
     for j in range(tab.n):
         jj = torch.full((m,), j, dtype=torch.long, device=x.device)
-        d = evaluate(denoiser, x, jj, tab, max_batch)
-        _check_finite(d, jj, tab)
         xi = _noise.normal(seed, members, j, shape, dtype=x.dtype, device=x.device)
-        x = (tab.A[j] + tab.E[j]) * x + tab.B[j] * d + tab.C[j] * xi
+        y, lev = tab.source(x, jj, xi)
+        d = evaluate(denoiser, y, lev, max_batch)
+        _check_finite(d, jj, lev)
         stats.rounds += 1
+        x_next = (tab.A[j] + tab.E[j]) * x + tab.B[j] * d + tab.C[j] * xi
+        if tab.multistep:
+            x_next = x_next + tab.B2[j] * d_prev
+        if tab.pred[j]:
+            yp, levp = tab.predictor(x, d, xi, jj)
+            dp = evaluate(denoiser, yp, levp, max_batch)
+            _check_finite(dp, jj + 1, levp)
+            x_next = x_next + tab.B3[j] * dp
+            stats.rounds += 1
+        x, d_prev = x_next, d
         if j + 1 in corr:
             jn = jj + 1
             for k in range(corrector_steps):
-                d = evaluate(denoiser, x, jn, tab, max_batch)
-                _check_finite(d, jn, tab)
+                d = evaluate(denoiser, x / _bcast(tab.alpha[jn], x), tab.s[jn], max_batch)
+                _check_finite(d, jn, tab.s[jn])
                 z = _noise.normal(seed, members, j + 1, shape, tag=_noise.corrector_tag(k),
                                   dtype=x.dtype, device=x.device)
                 x = _corrector(x, d, jn, z, tab, corrector_size)
@@ -261,11 +296,15 @@ def picard_walk(
     buf = x.new_zeros((m, r_pts, *shape))
     nbuf = x.new_zeros((m, w, *shape))
     buf[:, 0] = x
+    # latest D per point (points p-1 .. p+w-1 fit the ring): D_{j-1} of multistep methods, lagged D of Heun's predictor
+    dbuf = x.new_zeros((m, r_pts, *shape)) if (tab.multistep or tab.has_pred) else None
+    pred_dev = tab.pred.to(dev)
     ar = torch.arange(m, device=dev)
     p = torch.zeros(m, dtype=torch.long, device=dev)  # last accepted point
     hi = torch.zeros_like(p)  # last point holding a guess
     nhi = torch.zeros_like(p)  # steps < nhi have their noise in nbuf
     iters = torch.zeros_like(p)
+    evald = torch.zeros_like(p)  # sources < evald have been evaluated at least once
     seq_until = torch.zeros_like(p)
     corr_left = torch.zeros_like(p)
     grow = torch.zeros_like(p)
@@ -306,9 +345,13 @@ def picard_walk(
             live = k < target  # never empty: o < max(target - start)
             ii, kk = idx[live], k[live]
             xk = buf[ii, kk % r_pts]
-            xn = (_bcast(tab.A[kk] + tab.E[kk], xk) * xk + _bcast(tab.B[kk], xk) * d_last[ii]
+            dk = d_last[ii]
+            xn = (_bcast(tab.A[kk] + tab.E[kk], xk) * xk + _bcast(tab.B[kk] + tab.B2[kk] + tab.B3[kk], xk) * dk
                   + _bcast(tab.C[kk], xk) * nbuf[ii, kk % w])
             buf[ii, (kk + 1) % r_pts] = xn
+            if dbuf is not None:
+                fresh = kk >= evald[ii]
+                dbuf[ii[fresh], kk[fresh] % r_pts] = dk[fresh]
         hi[idx] = torch.maximum(hi[idx], target)
 
     # first guesses: the recurrence with D frozen at 0, the mean of normalised data
@@ -333,24 +376,48 @@ def picard_walk(
         vi, vk = valid.nonzero(as_tuple=True)
         flat_m, flat_j = pi[vi], src_j[vi, vk]
         xs = buf[flat_m, flat_j % r_pts]
+        zs = nbuf[flat_m, flat_j % w]
+        ys, levs = tab.source(xs, flat_j, zs)
+        # Heun: the predictor of every source from the lagged D there (one more evaluation per point)
+        if tab.has_pred:
+            pidx = pred_dev[flat_j].nonzero().squeeze(1)
+            yp, levp = tab.predictor(xs[pidx], dbuf[flat_m[pidx], flat_j[pidx] % r_pts], zs[pidx], flat_j[pidx])
+        else:
+            pidx = flat_j.new_zeros(0)
+            yp, levp = ys[:0], levs[:0]
         cj = p[ci]
-        xs_all = torch.cat([xs, buf[ci, cj % r_pts]])
-        j_all = torch.cat([flat_j, cj])
+        xc = buf[ci, cj % r_pts]
+        y_all = torch.cat([ys, yp, xc / _bcast(tab.alpha[cj], xc)])
+        lev_all = torch.cat([levs, levp, tab.s[cj]])
         # --- one round: one batched (micro-batched) denoiser call
-        d_all = evaluate(denoiser, xs_all, j_all, tab, max_batch)
-        exact = torch.cat([vk == 0, torch.ones_like(cj, dtype=torch.bool)])
-        _check_finite(d_all[exact], j_all[exact], tab)
-        d, dc = d_all[: xs.shape[0]], d_all[xs.shape[0]:]
+        d_all = evaluate(denoiser, y_all, lev_all, max_batch)
+        nsrc, npred = ys.shape[0], yp.shape[0]
+        d, dp, dc = d_all[:nsrc], d_all[nsrc : nsrc + npred], d_all[nsrc + npred :]
+        first = vk == 0
+        _check_finite(d[first], flat_j[first], levs[first])
+        _check_finite(dc, cj, tab.s[cj])
         stats.rounds += 1
         r_m[act.cpu()] += 1
-        nfe_m[pi.cpu()] += L.cpu()
+        per_row = L.clone()
+        if npred:
+            per_row += torch.bincount(vi[pidx], minlength=pi.numel())
+        nfe_m[pi.cpu()] += per_row.cpu()
         nfe_m[ci.cpu()] += 1
 
         if pi.numel():
             # lagged terms, then the exact scan x <- A x + g along the window
             g = x.new_zeros((pi.numel(), lmax, *shape))
             cb, ce, cc = (_bcast(v[flat_j], xs) for v in (tab.B, tab.E, tab.C))
-            g[vi, vk] = cb * d + ce * xs + cc * nbuf[flat_m, flat_j % w]
+            gv = cb * d + ce * xs + cc * zs
+            if dbuf is not None:
+                dbuf[flat_m, flat_j % r_pts] = d
+                evald[pi] = torch.maximum(evald[pi], p[pi] + L)
+            if tab.multistep:
+                # D_{j-1}: this round's for k >= 1, the stored one at the first point
+                gv = gv + _bcast(tab.B2[flat_j], xs) * dbuf[flat_m, (flat_j - 1) % r_pts]
+            if npred:
+                gv[pidx] += _bcast(tab.B3[flat_j[pidx]], dp) * dp
+            g[vi, vk] = gv
             a_pad = torch.where(valid, tab.A[src_j.clamp_max(n - 1)], torch.ones((), dtype=dt, device=dev))
             cur = buf[pi, p[pi] % r_pts]
             for k in range(lmax):
@@ -367,17 +434,21 @@ def picard_walk(
             fin = torch.ones((pi.numel(), lmax), dtype=torch.bool, device=dev)
             fin[vi, vk] = torch.isfinite(new.reshape(new.shape[0], -1)).all(1)
             buf[flat_m, tgt_j % r_pts] = new
-            # accept the converged prefix (the first point is always exact)
+            # accept the converged prefix; the first point is exact unless its step has a predictor
+            # (Heun's predictor used the lagged D there, so it converges like the others)
+            lagged_first = pred_dev[p[pi].clamp_max(n - 1)]
             conv = (res <= tol) & valid
-            conv[:, 0] = valid[:, 0]
+            conv[:, 0] = valid[:, 0] & (~lagged_first | conv[:, 0])
             if accept == "prefix":
                 s = torch.cumprod(conv.long(), 1).sum(1)
             else:
-                s = torch.where(conv.sum(1) == L, L, torch.where(L == 1, L, torch.zeros_like(L)))
+                s = torch.where(conv.sum(1) == L, L,
+                                torch.where((L == 1) & ~lagged_first, L, torch.zeros_like(L)))
             if max_iters is not None:
                 s = torch.where(iters[pi] + 1 >= max_iters, L, s)
             # divergence: non-finite guesses, or residual growing without progress
-            tail = torch.where(valid & (kgrid[None, :] >= 1), res, torch.zeros_like(res))
+            judged = valid & ((kgrid[None, :] >= 1) | lagged_first[:, None])
+            tail = torch.where(judged, res, torch.zeros_like(res))
             rmax = tail.max(1).values if lmax else torch.zeros(0, dtype=torch.float64, device=dev)
             growing = (rmax > rprev[pi]) & (s <= 1)
             grow[pi] = torch.where(growing, grow[pi] + 1, torch.zeros_like(grow[pi]))

@@ -1,17 +1,19 @@
 """Named sampler configurations: every sampler is one configuration of the engine.
 
-Chen, Ren, Ying & Rotskoff 2024 (picard_*, piadm_*); Shih et al. 2023 (paradigms); Lu et al. 2022 (sequential_*).
+Chen, Ren, Ying & Rotskoff 2024 (picard_*, piadm_*); Shih et al. 2023 (paradigms); Lu et al. 2022 (sequential_*,
+dpm2m*); Karras et al. 2022 (heun).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMMON", "PICARD", "SAMPLERS", "resolve"]
+__all__ = ["COMMON", "PICARD", "SAMPLERS", "resolve", "twin"]
 
 #: options every sampler takes
 COMMON: dict[str, Any] = {
-    "method": "sde",  # "sde" | "ode"
+    "method": "sde",  # "sde" | "ode" | "heun" (EDM's second-order ODE solver, two calls per step)
+    "order": 1,  # 1 | 2: DPM-Solver++(2M) multistep for sde/ode (data form)
     "form": "data",  # "data" (DPM-Solver++ form) | "score" (the seed paper's form)
     "grid": "geometric",  # see sciencegen.diffusion.GRIDS
     "sigma_min": 2e-3,
@@ -20,6 +22,10 @@ COMMON: dict[str, Any] = {
     "blocks": 1,  # equal log-SNR blocks (Picard windows never cross a block end)
     "corrector_steps": 0,  # Langevin steps at interior block ends
     "corrector_size": 0.1,  # step = corrector_size * sigma^2
+    "churn": 0.0,  # heun: EDM S_churn (stochastic Heun when > 0)
+    "churn_min": 0.0,  # heun: churn only where churn_min <= sigma <= churn_max (EDM S_tmin, S_tmax)
+    "churn_max": float("inf"),
+    "churn_noise": 1.0,  # heun: EDM S_noise
 }
 
 #: options only the Picard walk takes
@@ -52,7 +58,33 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     "paradigms": {"kind": "picard", "method": "sde", "lag": "step", "window": 64, "tol": 0.1},
     # beyond the seed: wavefront (no block barriers), data form, whole increment lagged
     "picard_wave": {"kind": "picard", "method": "sde", "window": 112, "lag": "step", "tol": 0.1, "norm": "fourier"},
+    # second order, for few steps (learned models): EDM Heun and DPM-Solver++(2M), Karras grid
+    "heun": {"kind": "sequential", "method": "heun", "grid": "karras"},
+    "dpm2m": {"kind": "sequential", "method": "ode", "order": 2, "grid": "karras"},
+    "dpm2m_sde": {"kind": "sequential", "method": "sde", "order": 2, "grid": "karras"},
+    # their Picard forms: the same recurrences solved in parallel in time (Heun: the
+    # predictor evaluated from the lagged D, in the same batched call as the sources)
+    "picard_heun": {"kind": "picard", "method": "heun", "grid": "karras", "lag": "step", "tol": 0.05,
+                    "norm": "fourier"},
+    "picard_dpm2m": {"kind": "picard", "method": "ode", "order": 2, "grid": "karras", "lag": "step", "tol": 0.05,
+                     "norm": "fourier"},
+    "picard_dpm2m_sde": {"kind": "picard", "method": "sde", "order": 2, "grid": "karras", "lag": "step",
+                         "tol": 0.1, "norm": "fourier"},
 }
+
+#: the sequential sampler of each (method, order)
+_SEQUENTIAL = {("sde", 1): "sequential_sde", ("ode", 1): "sequential_ode", ("heun", 1): "heun", ("heun", 2): "heun",
+               ("ode", 2): "dpm2m", ("sde", 2): "dpm2m_sde"}
+_TWIN_KEYS = ("form", "grid", "sigma_min", "sigma_max", "blocks", "corrector_steps", "corrector_size", "churn",
+              "churn_min", "churn_max", "churn_noise")
+
+
+def twin(name: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The sequential sampler (and options) that walks the same step table as ``name`` with ``options``."""
+    cfg = resolve(name, dict(options or {}))
+    seq = _SEQUENTIAL[(cfg["method"], int(cfg["order"]))]
+    base = resolve(seq, {})
+    return seq, {k: cfg[k] for k in _TWIN_KEYS if cfg[k] != base[k]}
 
 
 def resolve(name: str, options: dict[str, Any]) -> dict[str, Any]:

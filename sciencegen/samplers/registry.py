@@ -64,12 +64,14 @@ SAMPLERS: dict[str, dict[str, Any]] = {
     "dpm2m_sde": {"kind": "sequential", "method": "sde", "order": 2, "grid": "karras"},
     # their Picard forms: the same recurrences solved in parallel in time (Heun: the
     # predictor evaluated from the lagged D, in the same batched call as the sources)
-    "picard_heun": {"kind": "picard", "method": "heun", "grid": "karras", "lag": "step", "tol": 0.05,
+    # (windows measured at 64 steps, 64²: picard_dpm2m w=32 needs the rounds of the whole grid, 11, at 0.8x
+    # its NFE; picard_heun w=16: 16 rounds, 0.54x the NFE of the whole grid)
+    "picard_heun": {"kind": "picard", "method": "heun", "grid": "karras", "window": 16, "lag": "step", "tol": 0.05,
                     "norm": "fourier"},
-    "picard_dpm2m": {"kind": "picard", "method": "ode", "order": 2, "grid": "karras", "lag": "step", "tol": 0.05,
-                     "norm": "fourier"},
-    "picard_dpm2m_sde": {"kind": "picard", "method": "sde", "order": 2, "grid": "karras", "lag": "step",
-                         "tol": 0.1, "norm": "fourier"},
+    "picard_dpm2m": {"kind": "picard", "method": "ode", "order": 2, "grid": "karras", "window": 32, "lag": "step",
+                     "tol": 0.05, "norm": "fourier"},
+    "picard_dpm2m_sde": {"kind": "picard", "method": "sde", "order": 2, "grid": "karras", "window": 32,
+                         "lag": "step", "tol": 0.1, "norm": "fourier"},
 }
 
 #: the sequential sampler of each (method, order)

@@ -282,3 +282,10 @@ def test_fourier_norm_from_the_half_spectrum_equals_the_full_spectrum(shape):
     dims = tuple(range(1, x.ndim))
     full = torch.fft.fftn(x, dim=dims, norm="ortho").abs().reshape(4, -1).amax(1)
     assert torch.allclose(NORMS["fourier"](x), full, rtol=1e-12)
+
+
+def test_sampling_builds_no_autograd_graph():
+    net = torch.nn.Conv1d(1, 1, 3, padding=1, dtype=torch.float64)
+    r = sciencegen.sample(lambda x, s: net(x), (1, 8), members=2, sampler="picard_dpm2m", steps=8,
+                          dtype=torch.float64)
+    assert not r.samples.requires_grad

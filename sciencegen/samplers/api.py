@@ -126,6 +126,13 @@ def sample(
     -------
     SampleResult
     """
+    with torch.no_grad():  # a trainable network must not build an autograd graph across the steps
+        return _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype,
+                       progress, sampler_options)
+
+
+def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype, progress,
+            sampler_options) -> SampleResult:
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if int(members) != members or members < 1:

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-__all__ = ["bench", "data"]
+__all__ = ["bench", "data", "train"]
 
 
 def _threads(n: int | None) -> None:
@@ -105,6 +105,23 @@ def data() -> None:
             run_data(cfg)
         except DataError as exc:
             _fail("sciencegen-data", exc)
+
+    _main()
+
+
+def train() -> None:
+    """``sciencegen-train``: train a score model (Hydra app over ``conf/train.yaml``); resumes its run directory."""
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+    def _main(cfg) -> None:
+        from .data.fields import DataError
+        from .pipelines.train import TrainError, run_train
+
+        try:
+            run_train(cfg)
+        except (DataError, TrainError) as exc:
+            _fail("sciencegen-train", exc)
 
     _main()
 

@@ -23,20 +23,20 @@ from sciencegen.targets import GaussianRandomField, spectral_error
 
 #: (sampler, step counts): first order where it is accurate (many steps), second order where it is (few)
 SWEEP = {
-    "sequential_sde": (64, 256, 1000),
-    "sequential_ode": (64, 256, 1000),
-    "picard_sde": (256, 1000),
-    "picard_ode": (256, 1000),
-    "picard_wave": (1000,),
-    "paradigms": (1000,),
-    "piadm_sde": (1000,),
-    "piadm_ode": (1000,),
     "heun": (16, 32, 48, 64, 128),
     "dpm2m": (16, 32, 48, 64, 128),
     "dpm2m_sde": (32, 64, 128),
     "picard_heun": (32, 48, 64),
     "picard_dpm2m": (32, 48, 64, 128),
     "picard_dpm2m_sde": (64, 128),
+    "sequential_sde": (64, 256, 1000),
+    "sequential_ode": (64, 256, 1000),
+    "picard_sde": (256, 1000),
+    "picard_ode": (256,),
+    "picard_wave": (256,),
+    "paradigms": (256,),
+    "piadm_sde": (256,),
+    "piadm_ode": (256,),
 }
 
 
@@ -95,8 +95,8 @@ def plot(rows: list[dict], floor: float, path: str, title: str) -> None:
         for ax, key in zip(axes, ("rounds", "nfe"), strict=True):
             ax.plot([r[key] for r in rr], [r["spectral_error"] for r in rr], style, color=cmap(i % 20), label=name,
                     ms=5)
-    for ax, lab in zip(axes, ("sequential rounds (batched denoiser calls in sequence)", "denoiser evaluations per member"),
-                       strict=True):
+    labels = ("sequential rounds (batched denoiser calls in sequence)", "denoiser evaluations per member")
+    for ax, lab in zip(axes, labels, strict=True):
         ax.axhline(floor, color="k", lw=0.8, ls=":", label="exact samples (Monte Carlo floor)")
         ax.axhline(0.02, color="grey", lw=0.8, ls="-.")
         ax.set_xscale("log")

@@ -6,7 +6,7 @@ gives the same data. See ``datasets/grf.md`` and ``datasets/kolmogorov.md``.
 
 from __future__ import annotations
 
-import math
+import operator
 from typing import Any
 
 import dask
@@ -130,7 +130,7 @@ class KolmogorovSource(FieldSource):
     device
         Torch device for the solver (``cpu``, ``cuda``).
     variables
-        Variables to keep (default ``vorticity, u, v``... as configured).
+        Variables to keep, from ``vorticity``, ``u``, ``v`` (default all three).
     name, nonfinite
         See :class:`~sciencegen.data.sources.FieldSource`.
     **flow
@@ -140,7 +140,8 @@ class KolmogorovSource(FieldSource):
     generated = True
 
     def __init__(self, trajectories: int = 16, chunk: int = 4, device: str = "cpu",
-                 variables: Any = ("vorticity",), name: str = "kolmogorov", nonfinite: str = "error", **flow: Any):
+                 variables: Any = ("vorticity", "u", "v"), name: str = "kolmogorov", nonfinite: str = "error",
+                 **flow: Any):
         from .kolmogorov import KolmogorovFlow
 
         super().__init__(name, nonfinite)
@@ -161,15 +162,8 @@ class KolmogorovSource(FieldSource):
         """One chunk per simulation task (all snapshots of ``chunk`` trajectories)."""
         return {"trajectory": min(self.chunk, self.trajectories), "time": self.flow.snapshots}
 
-    def attrs(self) -> dict[str, Any]:
-        """Solver parameters for the store attributes."""
-        from dataclasses import asdict
-
-        return {"title": f"Kolmogorov flow {self.flow.size}^2", "source": "sciencegen kolmogorov solver",
-                **{f"kolmogorov_{k}": v for k, v in asdict(self.flow).items()}}
-
     def open(self, progress: bool = False) -> tuple[xr.Dataset, FieldSpec, str]:
-        """Lazy dataset: one Dask task per chunk of trajectories; coordinates from a zero-cost template."""
+        """Lazy dataset: one Dask task per chunk of trajectories; coordinates from an empty simulation."""
         template = self.flow.simulate(range(0, 0), device="cpu")
         n, t = self.flow.size, self.flow.snapshots
         chunk = min(self.chunk, self.trajectories)
@@ -182,16 +176,18 @@ class KolmogorovSource(FieldSource):
             blocks = [da.from_delayed(_pick(s, i), (b - a, t, n, n), dtype=np.float32)
                       for a, b, s in sims]
             arr = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
-            attrs = dict(template[v].attrs) if template is not None else {}
-            data[v] = (("trajectory", "time", "y", "x"), arr, attrs)
-        coords = _flow_coords(self.flow, self.trajectories, template)
-        ds = xr.Dataset(data, coords=coords, attrs=dict(template.attrs) if template is not None else {})
+            data[v] = (("trajectory", "time", "y", "x"), arr, dict(template[v].attrs))
+        coords = _flow_coords(self.trajectories, template)
+        # the solver's own attributes (equations, method, parameters); max_cfl differs per chunk: not kept
+        attrs = {k: v for k, v in template.attrs.items() if k != "max_cfl"}
+        ds = xr.Dataset(data, coords=coords, attrs=attrs)
         spec = FieldSpec(self.vars, ("trajectory", "time"), ("y", "x"), {"y": True, "x": True})
         return ds, spec, f"kolmogorov ({n}^2, {self.trajectories} trajectories x {t} snapshots)"
 
 
 def _pick(task: Any, i: int) -> Any:
-    return dask.delayed(lambda arrays: arrays[i], pure=True)(task)
+    # operator.getitem, not a lambda: pure=True keys come from tokenizing the function and its arguments
+    return dask.delayed(operator.getitem, pure=True)(task, i)
 
 
 def _simulate(flow: Any, start: int, stop: int, device: str, variables: tuple[str, ...], progress: bool):
@@ -199,13 +195,10 @@ def _simulate(flow: Any, start: int, stop: int, device: str, variables: tuple[st
     return [np.asarray(ds[v].transpose("trajectory", "time", "y", "x").values, dtype=np.float32) for v in variables]
 
 
-def _flow_coords(flow: Any, trajectories: int, template: xr.Dataset | None) -> dict[str, Any]:
-    n = flow.size
-    coords: dict[str, Any] = {"trajectory": ("trajectory", np.arange(trajectories), {"long_name": "trajectory index"})}
+def _flow_coords(trajectories: int, template: xr.Dataset) -> dict[str, Any]:
+    # the template (simulate over no trajectories) has the solver's coordinates and attributes
+    coords: dict[str, Any] = {"trajectory": ("trajectory", np.arange(trajectories),
+                                             dict(template["trajectory"].attrs) or {"long_name": "trajectory index"})}
     for d in ("time", "y", "x"):
-        if template is not None and d in template.coords:
-            coords[d] = (d, np.asarray(template[d].values), dict(template[d].attrs))
-    coords.setdefault("time", ("time", flow.snapshot_interval * np.arange(flow.snapshots), {}))
-    for d in ("y", "x"):
-        coords.setdefault(d, (d, 2 * math.pi * np.arange(n) / n, {}))
+        coords[d] = (d, np.asarray(template[d].values), dict(template[d].attrs))
     return coords

@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .fields import DataError, FieldSpec, _progress, _short, choose_chunks, compute_statistics, nonfinite_report
+from .fields import (
+    NONFINITE_POLICIES,
+    DataError,
+    FieldSpec,
+    _progress,
+    _short,
+    choose_chunks,
+    compute_statistics,
+    nonfinite_report,
+)
 
 __all__ = ["ATTR", "PreparedData", "open_prepared", "read_metadata", "write_prepared"]
 
@@ -187,8 +196,6 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
     extra_attrs
         Attributes added to the root (e.g. generator parameters).
     """
-    from .fields import NONFINITE_POLICIES
-
     path = Path(path)
     if nonfinite not in NONFINITE_POLICIES:
         raise DataError(f"dataset.nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite!r}")
@@ -250,7 +257,7 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
 
     attrs = dict(out.attrs)
     attrs.setdefault("Conventions", CONVENTIONS)
-    attrs.update({k: v for k, v in (extra_attrs or {}).items()})
+    attrs.update(extra_attrs or {})
     line = f"{now}: prepared by sciencegen {__version__} ({name})"
     attrs["history"] = f"{attrs['history']}\n{line}" if attrs.get("history") else line
     meta = {"format": FORMAT, "name": name, **spec.as_dict(), "config": config, "version": __version__,

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-__all__ = ["bench", "data", "train"]
+__all__ = ["bench", "data", "generate", "train"]
 
 
 def _threads(n: int | None) -> None:
@@ -122,6 +122,27 @@ def train() -> None:
             run_train(cfg)
         except (DataError, TrainError) as exc:
             _fail("sciencegen-train", exc)
+
+    _main()
+
+
+def generate() -> None:
+    """``sciencegen-generate``: sample an ensemble into a Zarr store (Hydra app over ``conf/generate.yaml``)."""
+    import hydra
+
+    from .config import register
+
+    register()
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+    def _main(cfg) -> None:
+        from .data.fields import DataError
+        from .pipelines.generate import GenerateError, run_generate
+
+        try:
+            run_generate(cfg)
+        except (DataError, GenerateError) as exc:
+            _fail("sciencegen-generate", exc)
 
     _main()
 

@@ -1,6 +1,6 @@
 """Samplers: the step-table engine and its named configurations."""
 
-from .api import SampleResult, sample, sampler_table
+from .api import SampleResult, check_sampler, sample, sampler_table
 from .engine import WalkStats, evaluate, picard_walk, sequential_walk
 from .registry import SAMPLERS, resolve, twin
 
@@ -8,6 +8,7 @@ __all__ = [
     "SAMPLERS",
     "SampleResult",
     "WalkStats",
+    "check_sampler",
     "evaluate",
     "picard_walk",
     "resolve",

@@ -14,7 +14,7 @@ from . import noise as _noise
 from .engine import picard_walk, sequential_walk
 from .registry import DEFAULT_SAMPLER, DEFAULT_STEPS, resolve
 
-__all__ = ["SampleResult", "sample", "sampler_table"]
+__all__ = ["SampleResult", "check_sampler", "sample", "sampler_table"]
 
 
 @dataclass
@@ -58,6 +58,21 @@ def sampler_table(sampler: str, steps: int, **options: Any):
                        churn_max=float(cfg["churn_max"]), churn_noise=float(cfg["churn_noise"]))
     ends = block_ends(table, cfg["blocks"])
     return cfg, table, ends
+
+
+def check_sampler(sampler: str, steps: int, **options: Any) -> dict[str, Any]:
+    """Resolve and validate a named sampler with options before any work; returns the resolved options.
+
+    Raises
+    ------
+    ValueError
+        An unknown sampler or option, or an invalid value.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    cfg = sampler_table(sampler, int(steps), **options)[0]
+    _validate(cfg)
+    return cfg
 
 
 def _validate(cfg: dict[str, Any]) -> None:

@@ -375,3 +375,15 @@ def test_split_denoiser_slices():
 
     assert split_slices(5, 2) == [(0, 3), (3, 6)]
     assert split_slices(1, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_every_sampler_has_a_config_and_back():
+    from importlib.resources import files
+
+    from sciencegen.samplers import SAMPLERS
+
+    names = {p.name[:-5] for p in files("sciencegen.conf").joinpath("sampler").iterdir() if p.name.endswith(".yaml")}
+    assert names == set(SAMPLERS)
+    for name in SAMPLERS:
+        cfg = config(f"sampler={name}")
+        assert cfg.sampler.name == name and G.sampler_options(cfg.sampler) == {}

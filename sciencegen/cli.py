@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-__all__ = ["bench", "data", "generate", "train"]
+__all__ = ["bench", "data", "generate", "main", "train"]
 
 
 def _threads(n: int | None) -> None:
@@ -92,59 +92,109 @@ def _fail(prog: str, exc: BaseException) -> None:
     raise SystemExit(2)
 
 
-def data() -> None:
-    """``sciencegen-data``: generate or prepare a dataset (Hydra app over ``conf/data.yaml``)."""
-    import hydra
+def _one_line(exc: BaseException, config_name: str, overrides: list[str]) -> str:
+    """A Hydra composition error as one line naming the key and what is allowed."""
+    import re
 
-    @hydra.main(version_base="1.3", config_path="conf", config_name="data")
-    def _main(cfg) -> None:
-        from .data.fields import DataError
-        from .pipelines.data import run_data
-
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        avail = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return f"{group}={option}: no such {group}; choose one of {', '.join(a for a in avail if a != 'schema')}"
+    cause = exc.__cause__ or exc
+    key = getattr(cause, "full_key", None) or ""
+    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if key and ("not in struct" in first or re.match(r"Key '[^']+' not in", first)):
+        parent, _, leaf = key.rpartition(".")
+        keep = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
+        allowed = ""
         try:
-            run_data(cfg)
-        except DataError as exc:
-            _fail("sciencegen-data", exc)
+            node = _compose(config_name, keep)
+            from omegaconf import OmegaConf
 
-    _main()
-
-
-def train() -> None:
-    """``sciencegen-train``: train a score model (Hydra app over ``conf/train.yaml``); resumes its run directory."""
-    import hydra
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-    def _main(cfg) -> None:
-        from .data.fields import DataError
-        from .pipelines.train import TrainError, run_train
-
-        try:
-            run_train(cfg)
-        except (DataError, TrainError) as exc:
-            _fail("sciencegen-train", exc)
-
-    _main()
+            sub = OmegaConf.select(node, parent) if parent else node
+            allowed = f"; {parent or 'the config'} has: {', '.join(str(k) for k in sub)}"
+        except Exception:
+            pass
+        return f"{key}: no such key{allowed}"
+    if key:
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
+        return f"{key}{'=' + value if value is not None else ''}: {first}"
+    return first
 
 
-def generate() -> None:
-    """``sciencegen-generate``: sample an ensemble into a Zarr store (Hydra app over ``conf/generate.yaml``)."""
+def _compose(config_name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def _precheck(prog: str, config_name: str, argv: list[str]) -> None:
+    """Compose the command line once before Hydra does, so that a mistake is one line (exit status 2).
+
+    Hydra's own flags (``--multirun``, ``--cfg``, ``--help``, ...) skip the check and keep Hydra's messages.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    try:
+        _compose(config_name, list(argv))
+    except Exception as exc:  # Hydra/OmegaConf composition errors of every kind
+        print(f"{prog}: error: {_one_line(exc, config_name, list(argv))}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _app(prog: str, config_name: str, target: str) -> None:
+    """Run the Hydra app ``config_name`` with ``sciencegen.pipelines.<target>``; user errors are one line."""
+    import importlib
+
     import hydra
 
     from .config import register
 
     register()
+    _precheck(prog, config_name, sys.argv[1:])
 
-    @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+    @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg) -> None:
         from .data.fields import DataError
-        from .pipelines.generate import GenerateError, run_generate
 
+        module, func = target.split(":")
+        mod = importlib.import_module(f"sciencegen.pipelines.{module}")
+        names = ("TrainError", "GenerateError", "EvaluateError", "PipelineError")
+        errors = tuple(getattr(mod, n) for n in names if hasattr(mod, n))
         try:
-            run_generate(cfg)
-        except (DataError, GenerateError) as exc:
-            _fail("sciencegen-generate", exc)
+            getattr(mod, func)(cfg)
+        except (DataError, *errors) as exc:
+            _fail(prog, exc)
 
     _main()
+
+
+def data() -> None:
+    """``sciencegen-data``: generate or prepare a dataset (Hydra app over ``conf/data.yaml``)."""
+    _app("sciencegen-data", "data", "data:run_data")
+
+
+def train() -> None:
+    """``sciencegen-train``: train a score model (Hydra app over ``conf/train.yaml``); resumes its run directory."""
+    _app("sciencegen-train", "train", "train:run_train")
+
+
+def generate() -> None:
+    """``sciencegen-generate``: sample an ensemble into a Zarr store (Hydra app over ``conf/generate.yaml``)."""
+    _app("sciencegen-generate", "generate", "generate:run_generate")
+
+
+def main() -> None:
+    """``sciencegen`` / ``python -m sciencegen``: data -> train -> generate -> evaluate (``conf/sciencegen.yaml``)."""
+    _app("sciencegen", "sciencegen", "run:run_pipeline")
+
+
+def evaluate() -> None:
+    """``sciencegen-evaluate``: score an ensemble store against the exact law or held-out data (``evaluate.yaml``)."""
+    _app("sciencegen-evaluate", "evaluate", "evaluate:run_evaluate")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -494,7 +494,7 @@ class EMA:
 
 
 def resolve_run_dir(cfg: Any) -> Path:
-    """The run directory: Hydra's output dir inside a Hydra job, else ``cfg.run_dir``.
+    """The run directory: ``cfg.run_dir`` when set, else Hydra's output dir inside a Hydra job.
 
     Raises
     ------
@@ -503,6 +503,9 @@ def resolve_run_dir(cfg: Any) -> Path:
     """
     from hydra.core.hydra_config import HydraConfig
 
+    rd = cfg.get("run_dir") if hasattr(cfg, "get") else None
+    if rd:
+        return Path(str(rd))
     if HydraConfig.initialized():
         try:
             out = HydraConfig.get().runtime.output_dir
@@ -510,9 +513,6 @@ def resolve_run_dir(cfg: Any) -> Path:
             out = None
         if out:
             return Path(out)
-    rd = cfg.get("run_dir") if hasattr(cfg, "get") else None
-    if rd:
-        return Path(str(rd))
     raise TrainError("no run directory: run sciencegen-train (Hydra's run dir) or set run_dir=PATH")
 
 

@@ -1138,7 +1138,8 @@ class _Trainer:
             title = (f"{self.dataset_cfg.get('name', 'data')} {'x'.join(map(str, self.field_shape))}, "
                      f"{self.model_meta.get('name', 'model')}, step {self.step}, {self.minutes:.1f} min "
                      f"(EMA, {o['figure_sampler']} {o['figure_steps']} steps)")
-            err = plot_samples(samples, path, data=data, target=self.target, title=title)
+            err = plot_samples(samples, path, data=data, target=self.target, title=title,
+                               data_label=getattr(self, "fig_label", "training data"))
             self.figure = path
             return err
         except Exception as exc:  # a figure must never stop training
@@ -1188,6 +1189,7 @@ class _Trainer:
             with contextlib.suppress(Exception):
                 src = self.val_stream if self.val_stream is not None else self.stream
                 self.fig_data = next(iter(src))[: o["figure_members"]].double().cpu()
+                self.fig_label = "held-out data" if self.val_stream is not None else "training data"
         try:
             return self._loop(metrics, start_step, resumed)
         finally:

@@ -77,7 +77,8 @@ def parse_shard(spec: Any, env: Mapping[str, str] | None = None) -> tuple[int, i
     ----------
     spec
         ``"i/n"`` (0-based ``i < n``), or ``None`` to take ``SLURM_ARRAY_TASK_ID`` /
-        ``SLURM_ARRAY_TASK_COUNT`` from ``env`` (the index relative to ``SLURM_ARRAY_TASK_MIN``), else ``0/1``.
+        ``SLURM_ARRAY_TASK_COUNT`` from ``env`` (the index relative to ``SLURM_ARRAY_TASK_MIN``; not inside a
+        Hydra submitit sweep, whose array tasks are different configs), else ``0/1``.
     env
         Environment (default ``os.environ``).
 
@@ -88,7 +89,8 @@ def parse_shard(spec: Any, env: Mapping[str, str] | None = None) -> tuple[int, i
     """
     env = os.environ if env is None else env
     if spec is None or str(spec).strip() == "":
-        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        # a job array of hydra-submitit-launcher is a sweep (one config per task), not shards of one store
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env and "SUBMITIT_EXECUTOR" not in env:
             try:
                 task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
                 first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = resources.files("sciencegen.conf")
 PRIMARIES = sorted(p.name[:-5] for p in CONF.iterdir() if p.name.endswith(".yaml"))
 GROUPS = {d.name: sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
-          for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_")}
+          for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_") and d.name != "hydra"}
 TYPED = [g for g in GROUPS if g != "experiment"]  # experiments are `# @package _global_` overrides
 
 

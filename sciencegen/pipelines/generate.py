@@ -609,6 +609,8 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
                     pending.result()
             if pool is not None:
                 pool.shutdown(wait=True)
+            if client is not None and gen.get("dask"):  # a client this job opened
+                client.close()
         seconds = time.perf_counter() - t0
 
         # ---- finish: refresh the consolidated metadata, report, export

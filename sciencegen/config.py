@@ -32,6 +32,7 @@ __all__ = [
     "KolmogorovConfig",
     "NetCDFConfig",
     "OracleConfig",
+    "SDEConfig",
     "SamplerConfig",
     "TrainConfig",
     "UNetConfig",
@@ -250,16 +251,26 @@ class SamplerConfig:
                                  "until tol)", None)
     patience: int | None = _key("Picard: rounds of growing residual before a sequential fallback", None)
     norm: str | None = _key("Picard: rms | fourier: how a point's change is measured", None)
+    _target_: str = _key("the sampler class (a sampler of your own: same interface)", "sciencegen.samplers.Sampler")
 
 
 def sampler_options(cfg: Any) -> dict[str, Any]:
     """The options set in a ``sampler`` config (those not ``None``), for :func:`sciencegen.sample`."""
     get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
     return {f.name: get(f.name) for f in fields(SamplerConfig)
-            if f.name not in ("name", "steps") and get(f.name) is not None}
+            if f.name not in ("_target_", "name", "steps") and get(f.name) is not None}
 
 
 # ------------------------------------------------------------------------------------------- generate, evaluate
+
+
+@dataclass
+class SDEConfig:
+    """``sde`` group: the forward process and the noise range every sampler's grid spans."""
+
+    name: str = _key("the forward process: vp (variance-preserving Ornstein-Uhlenbeck, EDM noise levels)")
+    sigma_min: float = _key("smallest noise level of the grid before the final step to 0 (EDM units)")
+    sigma_max: float = _key("largest noise level: where sampling starts from pure noise (EDM units)")
 
 
 @dataclass
@@ -303,6 +314,7 @@ SCHEMAS: dict[tuple[str, str], type] = {
     ("dataset", "zarr"): ZarrConfig,
     ("model", "unet"): UNetConfig,
     ("model", "oracle"): OracleConfig,
+    ("sde", "vp"): SDEConfig,
     ("train", "base"): TrainConfig,
     ("sampler", "base"): SamplerConfig,
     ("generate", "base"): GenerateConfig,

@@ -199,9 +199,11 @@ def test_yaml_keys_match_schema(group):
 
 MISTYPED = {"dataset": ("dataset.size", "big"), "model": ("model.channel_mult", "[1,two]"),
             "train": ("train.ema.decay", "slow"), "sampler": ("sampler.steps", "ten"),
-            "generate": ("generate.members", "ten"), "evaluate": ("evaluate.bins", "many")}
+            "generate": ("generate.members", "ten"), "evaluate": ("evaluate.bins", "many"),
+            "sde": ("sde.sigma_max", "huge")}
 MISSPELT = {"dataset": "dataset.sizee", "model": "model.presett", "train": "train.lrr",
-            "sampler": "sampler.stepz", "generate": "generate.memberz", "evaluate": "evaluate.binz"}
+            "sampler": "sampler.stepz", "generate": "generate.memberz", "evaluate": "evaluate.binz",
+            "sde": "sde.sigma_maxx"}
 
 
 @pytest.mark.parametrize("group", TYPED)

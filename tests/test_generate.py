@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from hydra import compose, initialize_config_module
 
@@ -195,7 +196,7 @@ def test_writes_through_a_running_dask_client(reference, tmp_path, monkeypatch):
 
 def test_failure_leaves_no_member_claiming_completion(reference, tmp_path, monkeypatch):
     calls = []
-    real = sciencegen.samplers.sample
+    real = sciencegen.samplers.api.sample
 
     def flaky(*args, **kw):
         calls.append(kw["first_member"])
@@ -204,12 +205,12 @@ def test_failure_leaves_no_member_claiming_completion(reference, tmp_path, monke
             res.samples[0, 0, 0, 0] = float("nan")
         return res
 
-    monkeypatch.setattr(sciencegen.samplers, "sample", flaky)
+    monkeypatch.setattr(sciencegen.samplers.api, "sample", flaky)
     p = tmp_path / "f.zarr"
     with pytest.raises(GenerateError, match="members 4..7: 1 sample"):
         run_generate(config(f"output.path={p}"))
     assert completed_members(p).tolist() == [True] * 4 + [False] * 8
-    monkeypatch.setattr(sciencegen.samplers, "sample", real)
+    monkeypatch.setattr(sciencegen.samplers.api, "sample", real)
     s = run_generate(config(f"output.path={p}"))
     assert s["done"] == 8
     np.testing.assert_array_equal(field(p), field(reference))
@@ -380,10 +381,32 @@ def test_split_denoiser_slices():
 def test_every_sampler_has_a_config_and_back():
     from importlib.resources import files
 
-    from sciencegen.samplers import SAMPLERS
+    from hydra.utils import instantiate
+
+    from sciencegen.config import sampler_options
+    from sciencegen.samplers import SAMPLERS, Sampler
 
     names = {p.name[:-5] for p in files("sciencegen.conf").joinpath("sampler").iterdir() if p.name.endswith(".yaml")}
     assert names == set(SAMPLERS)
     for name in SAMPLERS:
         cfg = config(f"sampler={name}")
-        assert cfg.sampler.name == name and G.sampler_options(cfg.sampler) == {}
+        assert cfg.sampler.name == name and sampler_options(cfg.sampler) == {}
+        sampler = instantiate(cfg.sampler)
+        assert isinstance(sampler, Sampler) and sampler.name == name and sampler.options == {}
+    custom = instantiate(config("sampler=picard_sde", "sampler.tol=0.01", "sampler.steps=10").sampler)
+    assert custom.options == {"tol": 0.01} and custom.resolved["blocks"] == 4 and custom.steps == 10
+    res = custom(Oracle(GaussianRandomField(8)), (1, 8, 8), 2, seed=3)
+    ref = sciencegen.sample(Oracle(GaussianRandomField(8)), (1, 8, 8), 2, "picard_sde", 10, seed=3, tol=0.01)
+    assert torch.equal(res.samples, ref.samples)
+
+
+def test_sde_noise_range_reaches_the_sampler(reference, tmp_path):
+    p = tmp_path / "s.zarr"
+    run_generate(config(f"output.path={p}", "sde.sigma_max=40.0"))
+    meta = json.loads(xr.open_zarr(p).attrs[G.ATTR])
+    assert meta["identity"]["sampler"]["options"] == {"sigma_max": 40.0}
+    res = sciencegen.sample(Oracle(GaussianRandomField(16)), (1, 16, 16), 12, "picard_sde", 48, seed=0,
+                            sigma_max=40.0)
+    np.testing.assert_array_equal(field(p), res.samples[:, 0].numpy().astype(np.float32))
+    with pytest.raises(GenerateError, match="another config"):  # the default range is another ensemble
+        run_generate(config(f"output.path={p}"))

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..config import sampler_options
 from ..data.fields import DataError
 from ..data.store import store_bytes
 from .data import dataset_config, make_source
@@ -464,6 +463,29 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
+def _make_sampler(smp: Any, sde: Any = None) -> Any:
+    """Instantiate the ``sampler`` config (its ``_target_``) with the ``sde`` noise range where the sampler
+    leaves it unset and it differs from the named sampler's; bad names or options become one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ..samplers import SAMPLERS
+    from ..samplers.registry import resolve
+
+    extra = {}
+    if sde is not None and smp.get("name") in SAMPLERS:
+        named = resolve(str(smp.get("name")), {})
+        for k in ("sigma_min", "sigma_max"):
+            if smp.get(k) is None and sde.get(k) is not None and float(sde[k]) != float(named[k]):
+                extra[k] = float(sde[k])
+    try:
+        return instantiate(smp, _convert_="all", **extra)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        msg = str(cause) if isinstance(cause, (ValueError, TypeError)) else str(exc).splitlines()[0]
+        raise GenerateError(f"sampler {smp.get('name')}: {msg}") from None
+
+
 def _default_output() -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -494,7 +516,7 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
         Bad input, with a one-line message.
     """
     from .. import __version__
-    from ..samplers import SAMPLERS, sample
+    from ..samplers import SAMPLERS
     from ..samplers.distributed import SplitDenoiser
 
     gen, out, smp = cfg["generate"], cfg["output"], cfg["sampler"]
@@ -504,9 +526,11 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     chunk = _int_option(out, "chunk", 1, "output") if out.get("chunk") is not None else min(batch, members)
     steps = _int_option(smp, "steps", 1, "sampler")
     name = str(smp.get("name"))
-    if name not in SAMPLERS:
+    if name not in SAMPLERS and str(smp.get("_target_", "")) in ("", "sciencegen.samplers.Sampler"):
         raise GenerateError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
-    options = sampler_options(smp)
+    sampler = _make_sampler(smp, cfg.get("sde"))
+    options = dict(sampler.options)
+    target = str(smp.get("_target_", "sciencegen.samplers.Sampler"))
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(gen.get("dtype", "float32")))
     if dtype is None:
         raise GenerateError(f"generate.dtype must be float32 or float64, got {gen.get('dtype')!r}")
@@ -526,14 +550,11 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
         ds, spec, label = source.open()
         field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
         info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, device)
-        try:
-            from ..samplers.api import check_sampler
-
-            resolved = check_sampler(name, steps, **options)
-        except ValueError as exc:
-            raise GenerateError(f"sampler {name}: {exc}") from None
+        resolved = dict(getattr(sampler, "resolved", options))
         identity = {
-            "dataset": dataset, "model": info.identity, "sampler": {"name": name, "steps": steps, "options": options},
+            "dataset": dataset, "model": info.identity, "sampler": {"name": name, "steps": steps, "options": options,
+                                                              **({} if target == "sciencegen.samplers.Sampler"
+                                                                 else {"_target_": target})},
             "seed": seed, "members": members, "dtype": str(dtype).replace("torch.", ""),
             "variables": list(info.variables), "field_dims": list(info.field_dims),
         }
@@ -573,8 +594,8 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
         try:
             for c in plan.todo:
                 a, b = ranges[c]
-                res = sample(model, shape, b - a, name, steps, seed, batch, first_member=a, device=device,
-                             dtype=dtype, progress=False, **options)
+                res = sampler(model, shape, b - a, seed=seed, batch_size=batch, first_member=a, device=device,
+                              dtype=dtype, progress=False)
                 x = res.samples.detach().to("cpu", torch.float64).numpy()
                 if info.std is not None:
                     bshape = (1, -1) + (1,) * len(info.field_shape)

@@ -63,7 +63,7 @@ def stage_configs(cfg: Any, run: Path) -> dict[str, Any]:
         "data": {**common, "output": {"path": None, "overwrite": False, "dtype": "float32", "chunk_mb": 8},
                  "progress": c.get("progress", True), "threads": c["train"].get("threads")},
         "train": {**common, "model": c["model"], "train": c["train"], "run_dir": str(run)},
-        "generate": {**common, "model": model, "sampler": c["sampler"], "generate": c["generate"],
+        "generate": {**common, "model": model, "sampler": c["sampler"], "sde": c["sde"], "generate": c["generate"],
                      "output": {"path": str(run / "samples.zarr"), "chunk": None, "overwrite": True,
                                 "netcdf": None, "discard": False}},
         "evaluate": {**common, "samples": {"path": str(run / "samples.zarr"), "variables": None},

@@ -1,12 +1,13 @@
 """Samplers: the step-table engine and its named configurations."""
 
-from .api import SampleResult, check_sampler, sample, sampler_table
+from .api import Sampler, SampleResult, check_sampler, sample, sampler_table
 from .engine import WalkStats, evaluate, picard_walk, sequential_walk
 from .registry import SAMPLERS, resolve, twin
 
 __all__ = [
     "SAMPLERS",
     "SampleResult",
+    "Sampler",
     "WalkStats",
     "check_sampler",
     "evaluate",

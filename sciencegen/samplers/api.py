@@ -14,7 +14,7 @@ from . import noise as _noise
 from .engine import picard_walk, sequential_walk
 from .registry import DEFAULT_SAMPLER, DEFAULT_STEPS, resolve
 
-__all__ = ["SampleResult", "check_sampler", "sample", "sampler_table"]
+__all__ = ["SampleResult", "Sampler", "check_sampler", "sample", "sampler_table"]
 
 
 @dataclass
@@ -213,3 +213,42 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
         "options": dict(cfg),
     }
     return SampleResult(samples=torch.cat(outs), stats=stats)
+
+
+class Sampler:
+    """A named sampler with its options, callable like :func:`sample` — the ``_target_`` of ``conf/sampler``.
+
+    Parameters
+    ----------
+    name
+        A name from :data:`sciencegen.samplers.SAMPLERS`.
+    steps
+        Steps of the reverse grid.
+    **options
+        Overrides of the named configuration; ``None`` values mean "the registry's value".
+
+    Notes
+    -----
+    A sampler of your own plugs into ``sciencegen-generate`` the same way: a class with ``name``, ``steps``,
+    ``options``, ``resolved`` and this ``__call__``, named by ``_target_`` in a ``conf/sampler/NAME.yaml``.
+
+    Raises
+    ------
+    ValueError
+        An unknown name or option, or an invalid value (checked at construction, before any work).
+    """
+
+    def __init__(self, name: str, steps: int, **options: Any):
+        self.name, self.steps = str(name), int(steps) if int(steps) == steps else steps
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.resolved = check_sampler(self.name, self.steps, **self.options)
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"Sampler({self.name!r}, steps={self.steps}{opts})"
+
+    def __call__(self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: Sequence[int],
+                 members: int = 1, seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> SampleResult:
+        """Draw ``members`` members: :func:`sample` with this sampler (``first_member``, ``device``, ``dtype``,
+        ``progress`` pass through)."""
+        return sample(denoiser, shape, members, self.name, self.steps, seed, batch_size, **kwargs, **self.options)

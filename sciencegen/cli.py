@@ -159,14 +159,16 @@ def _app(prog: str, config_name: str, target: str) -> None:
     @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg) -> None:
         from .data.fields import DataError
+        from .pipelines.evaluate import EvaluateError
+        from .pipelines.generate import GenerateError
+        from .pipelines.run import PipelineError
+        from .pipelines.train import TrainError
 
         module, func = target.split(":")
         mod = importlib.import_module(f"sciencegen.pipelines.{module}")
-        names = ("TrainError", "GenerateError", "EvaluateError", "PipelineError")
-        errors = tuple(getattr(mod, n) for n in names if hasattr(mod, n))
         try:
             getattr(mod, func)(cfg)
-        except (DataError, *errors) as exc:
+        except (DataError, TrainError, GenerateError, EvaluateError, PipelineError) as exc:
             _fail(prog, exc)
 
     _main()

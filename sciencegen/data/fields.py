@@ -288,13 +288,17 @@ def _coord_value(ds: xr.Dataset, dim: str, i: int) -> Any:
     return int(i)
 
 
-def choose_chunks(ds: xr.Dataset, spec: FieldSpec, target_mb: float = 8.0, itemsize: int = 4) -> dict[str, int]:
+def choose_chunks(ds: xr.Dataset, spec: FieldSpec, target_mb: float = 8.0, itemsize: int = 4,
+                  min_chunks: int = 16) -> dict[str, int]:
     """Chunk sizes along the sample dims (field dims whole) so one chunk of all variables is about ``target_mb``.
 
-    The innermost sample dim is filled first; outer sample dims grow only once it is whole.
+    The innermost sample dim is filled first; outer sample dims grow only once it is whole. A small dataset
+    still gets about ``min_chunks`` chunks, so that a held-out split (whole chunks) and DDP ranks have some.
     """
     per_sample = itemsize * len(spec.variables) * math.prod(ds.sizes[d] for d in spec.field_dims)
     budget = max(1, int(target_mb * 2**20 // max(per_sample, 1)))
+    total = math.prod(ds.sizes[d] for d in spec.sample_dims)
+    budget = max(1, min(budget, -(-total // max(1, min_chunks))))
     chunks = {d: ds.sizes[d] for d in spec.field_dims}
     for d in reversed(spec.sample_dims):
         n = ds.sizes[d]

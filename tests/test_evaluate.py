@@ -174,9 +174,9 @@ def test_heldout_netcdf_dataset(tmp_path):
     m = evaluate(store, tmp_path / "out", "dataset=netcdf", f"dataset.path={GRF32_NC}", "dataset.variables=[field]",
                  "dataset.sample_dims=[sample]", "evaluate.figures=false", data_root=tmp_path / "data")
     assert m["reference"]["source"] == "heldout"  # auto: netcdf has no exact law
-    assert m["reference"]["samples"] == 64
-    # grf32.nc is one chunk: the held-out split is all of it, and the report says so
-    assert any("whole dataset" in w for w in m["warnings"])
+    # grf32.nc (64 samples) is prepared in 16 chunks of 4; the held-out split is the last ceil(0.1 * 16) = 2
+    assert m["reference"]["samples"] == 8
+    assert not any("whole dataset" in w for w in m["warnings"])
     # the store was generated from dataset grf: noted, not an error (same grid)
     assert any("another dataset config" in w for w in m["warnings"])
     f = m["variables"]["field"]

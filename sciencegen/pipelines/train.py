@@ -1049,6 +1049,11 @@ class _Trainer:
 
     # -- pieces of a step -----------------------------------------------------------------------------------------
 
+    def _bar_progress(self, minutes: float | None = None) -> float:
+        o = self.o
+        return schedule_progress(self.step, self.minutes if minutes is None else minutes,
+                                 max_steps=o["max_steps"], max_minutes=o["max_minutes"])
+
     def _progress(self) -> float:
         return schedule_progress(self.step, self.minutes, max_steps=self.o["max_steps"],
                                  max_minutes=self.o["max_minutes"], horizon_steps=self.o["horizon_steps"])
@@ -1201,7 +1206,10 @@ class _Trainer:
 
         o, d = self.o, self.d
         cpu_check = self.device.type == "cpu" and d.world == 1  # a per-step finiteness check costs nothing
-        bar = tqdm(total=o["max_steps"], initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+        # the bar shows the fraction of the run done by whichever bound ends it first (steps or minutes),
+        # so its ETA is right when train.max_minutes binds; the step count is in the postfix
+        bar = tqdm(total=100.0, initial=round(100 * self._bar_progress(), 1), desc="train", dynamic_ncols=True,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
                    disable=not (d.main and o["progress"]), file=sys.stderr, leave=True)
         acc_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         acc_gn = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -1230,8 +1238,10 @@ class _Trainer:
                 acc_gn_n += 1
             row_time += time.perf_counter() - t0
             row_steps += 1
-            bar.update(1)
             local_minutes = minutes0 + (time.perf_counter() - t_run) / 60.0
+            bar.n = round(100 * self._bar_progress(local_minutes), 1)
+            if self.step % 10 == 0:
+                bar.refresh()
             if cpu_check and not math.isfinite(float(loss)):
                 self._nonfinite(float(loss), metrics)
             is_log = self.step % o["log_every"] == 0
@@ -1262,7 +1272,7 @@ class _Trainer:
                     row["spec_err"] = self._figure()
                 assert metrics is not None
                 metrics.write(row)
-                bar.set_postfix({"loss": f"{mean_loss:.4g}", "samples/s": f"{sps:.0f}",
+                bar.set_postfix({"step": self.step, "loss": f"{mean_loss:.4g}", "samples/s": f"{sps:.0f}",
                                  "min": f"{self.minutes:.1f}"}, refresh=False)
             acc_loss.zero_()
             acc_gn.zero_()

@@ -383,3 +383,15 @@ def test_checked_in_kolmogorov_sample_matches_a_fresh_generation():
     fresh = flow.simulate(range(ds.sizes["trajectory"]))
     scale = float(abs(fresh["vorticity"]).max())
     np.testing.assert_allclose(ds["vorticity"].values, fresh["vorticity"].values, rtol=0, atol=1e-4 * scale)
+
+
+def test_kolmogorov_on_a_missing_gpu_is_one_line():
+    import torch
+
+    from sciencegen.data.fields import DataError
+    from sciencegen.physics.datasets import KolmogorovSource
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(DataError, match="dataset.device=cuda but CUDA is not available"):
+        KolmogorovSource(device="cuda")

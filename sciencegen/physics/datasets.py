@@ -153,6 +153,11 @@ class KolmogorovSource(FieldSource):
         except TypeError as exc:
             raise DataError(f"dataset: {exc}") from None
         self.trajectories, self.chunk, self.device = int(trajectories), int(chunk), str(device)
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise DataError(f"dataset.device={self.device} but CUDA is not available here (use dataset.device=cpu)")
         self.vars = (variables,) if isinstance(variables, str) else tuple(variables)
         unknown = [v for v in self.vars if v not in ("vorticity", "u", "v")]
         if unknown or not self.vars:

@@ -355,8 +355,8 @@ def completed_members(path: str | os.PathLike, members: int | None = None) -> np
     return out
 
 
-def _write_chunk(path: str, start: int, stop: int, dims: tuple[str, ...], fields_: dict[str, np.ndarray],
-                 rounds: np.ndarray, nfe: np.ndarray) -> int:
+def _write_chunk(path: str, start: int, stop: int, fields_: dict[str, np.ndarray], rounds: np.ndarray,
+                 nfe: np.ndarray) -> int:
     """Write one chunk of members: data first, then their completion flags. Returns the bytes of data.
 
     Straight into the Zarr arrays the template created (xarray's region writes cost several times more
@@ -613,7 +613,7 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
                 if writer:
                     if pending is not None:
                         written += pending.result()
-                    job = (str(plan.path), a, b, info.field_dims, fields_, rpm, npm)
+                    job = (str(plan.path), a, b, fields_, rpm, npm)
                     pending = client.submit(_write_chunk, *job, pure=False) if client else pool.submit(
                         _write_chunk, *job)
                 rounds_total += int(res.stats["rounds"])

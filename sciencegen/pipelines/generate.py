@@ -42,7 +42,9 @@ import xarray as xr
 
 from ..data.fields import DataError
 from ..data.store import store_bytes
-from .data import dataset_config, make_source
+from ..models.checkpoint import _first_difference, _normalise
+from .data import _human, dataset_config, make_source
+from .train import _plain
 
 __all__ = [
     "ATTR",
@@ -147,14 +149,6 @@ def _file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: tuple[int, ...],
@@ -281,16 +275,6 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
-            if d:
-                return d
-        return None
-    return None if a == b else f"{where}: {json.dumps(a)} in the store, {json.dumps(b)} now"
-
-
 def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
     """The existing store's metadata when it holds this ensemble; None when the path is free (or overwritten)."""
     if path.is_file() or (path.exists() and not path.is_dir()):
@@ -306,11 +290,13 @@ def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool) ->
     if meta is None:
         raise GenerateError(f"output.path {path} is a Zarr store not written by sciencegen-generate: "
                             "it is never overwritten; choose another output.path")
-    diff = _first_difference(meta.get("identity"), identity)
+    diff = _first_difference(meta.get("identity"), _normalise(identity), "")
     if diff is None:
         return meta
+    at, was, now = diff
     if not overwrite:
-        raise GenerateError(f"output.path {path} holds an ensemble of another config ({diff}); rerun with that "
+        raise GenerateError(f"output.path {path} holds an ensemble of another config ({at.lstrip('.')}: "
+                            f"{json.dumps(was)} in the store, {json.dumps(now)} now); rerun with that "
                             "config, choose another output.path, or set output.overwrite=true")
     shutil.rmtree(path)
     return None
@@ -456,14 +442,6 @@ def _client(address: Any) -> Any:
         return default_client()
     except (ImportError, ValueError):
         return None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _make_sampler(smp: Any, sde: Any = None) -> Any:
@@ -680,7 +658,7 @@ def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, i
         if not os.access(path.parent, os.W_OK):
             raise GenerateError(f"cannot write output.path {path}: its directory is not writable")
         meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk}
-        config = _plain(cfg) if not isinstance(cfg, dict) else cfg
+        config = _plain(cfg)
         attrs = {
             ATTR: json.dumps(meta, sort_keys=True, default=str),
             "Conventions": "CF-1.8",

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .train import _plain
+
 __all__ = ["STAGES", "PipelineError", "run_pipeline", "stage_configs"]
 
 STAGES = ("data", "train", "generate", "evaluate")
@@ -26,12 +28,6 @@ STAGES = ("data", "train", "generate", "evaluate")
 
 class PipelineError(RuntimeError):
     """The pipeline cannot run; one line meant for the user."""
-
-
-def _plain(cfg: Any) -> Any:
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def _run_dir(cfg: Any) -> Path:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 __all__ = ["bench", "data", "generate", "main", "train"]
 
@@ -87,9 +88,33 @@ def _split_specs(text: str) -> list[str]:
     return out
 
 
-def _fail(prog: str, exc: BaseException) -> None:
+def _fail(prog: str, exc: BaseException, code: int = 2) -> None:
     print(f"{prog}: error: {exc}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
+
+
+def _guarded(prog: str, job: Callable[[], object]) -> None:
+    """Run ``job``; user errors, Ctrl-C and disk faults end as one line on stderr, never a traceback.
+
+    Exit status: 2 for a :class:`~sciencegen.errors.SciencegenError` (bad input), 130 for an interruption,
+    1 for an operating-system fault (disk full, read-only filesystem, permission).
+    """
+    from .errors import Interrupted, SciencegenError, os_error_line
+
+    try:
+        job()
+    except Interrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except SciencegenError as exc:
+        _fail(prog, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; what was complete is kept, rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        _fail(prog, os_error_line(exc) + "; what was complete before is kept", 1)
 
 
 def _one_line(exc: BaseException, config_name: str, overrides: list[str]) -> str:
@@ -158,18 +183,9 @@ def _app(prog: str, config_name: str, target: str) -> None:
 
     @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg) -> None:
-        from .data.fields import DataError
-        from .pipelines.evaluate import EvaluateError
-        from .pipelines.generate import GenerateError
-        from .pipelines.run import PipelineError
-        from .pipelines.train import TrainError
-
         module, func = target.split(":")
         mod = importlib.import_module(f"sciencegen.pipelines.{module}")
-        try:
-            getattr(mod, func)(cfg)
-        except (DataError, TrainError, GenerateError, EvaluateError, PipelineError) as exc:
-            _fail(prog, exc)
+        _guarded(prog, lambda: getattr(mod, func)(cfg))
 
     _main()
 

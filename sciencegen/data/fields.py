@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..errors import SciencegenError
+
 __all__ = [
     "DataError",
     "FieldSpec",
@@ -36,7 +38,7 @@ __all__ = [
 NONFINITE_POLICIES = ("error", "mask", "drop")
 
 
-class DataError(ValueError):
+class DataError(SciencegenError, ValueError):
     """Bad input data or configuration; the message is a single line meant for the user."""
 
 

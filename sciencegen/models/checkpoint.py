@@ -47,6 +47,8 @@ from typing import IO, Any
 
 import torch
 
+from ..errors import SciencegenError
+
 __all__ = [
     "CHECKPOINT_SUBDIR",
     "FORMAT_VERSION",
@@ -71,7 +73,7 @@ _TMP_RE = re.compile(r"^.+\.tmp-(?P<host>[^-]+)-(?P<pid>\d+)$")
 _GIT_TIMEOUT_S = 5.0
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SciencegenError):
     """A checkpoint cannot be read, none is valid, or it does not match the requested configuration."""
 
 

@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 
 from ..data.fields import DataError
+from ..errors import SciencegenError
 from .data import dataset_config, make_source
 
 __all__ = ["EXACT_VALUES", "EvaluateError", "TASK_BYTES", "exact_spectrum", "format_summary", "open_ensemble",
@@ -55,7 +56,7 @@ FIGURES = ("samples.png", "spectrum.png", "histogram.png", "correlation.png")
 _BOOKKEEPING = ("complete", "rounds", "nfe")
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(SciencegenError):
     """Evaluation cannot run; the message is one line meant for the user."""
 
 

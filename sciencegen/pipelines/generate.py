@@ -42,6 +42,7 @@ import xarray as xr
 
 from ..data.fields import DataError
 from ..data.store import store_bytes
+from ..errors import SciencegenError
 from ..models.checkpoint import _first_difference, _normalise
 from .data import _human, dataset_config, make_source
 from .train import _plain
@@ -64,7 +65,7 @@ ATTR = "sciencegen_ensemble"
 FORMAT_VERSION = 1
 
 
-class GenerateError(RuntimeError):
+class GenerateError(SciencegenError):
     """Generation cannot start or continue; the message is one line meant for the user."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ..errors import SciencegenError
 from .train import _plain
 
 __all__ = ["STAGES", "PipelineError", "run_pipeline", "stage_configs"]
@@ -26,7 +27,7 @@ __all__ = ["STAGES", "PipelineError", "run_pipeline", "stage_configs"]
 STAGES = ("data", "train", "generate", "evaluate")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(SciencegenError):
     """The pipeline cannot run; one line meant for the user."""
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..data.fields import DataError
+from ..errors import SciencegenError
 from ..models import EDMPrecond, Oracle, UNet, denoising_loss, unet_preset
 from ..models.checkpoint import (
     CheckpointError,
@@ -85,7 +86,7 @@ _PRECISIONS = ("auto", "fp32", "bf16")
 _SCHEDULES = ("cosine", "constant")
 
 
-class TrainError(RuntimeError):
+class TrainError(SciencegenError):
     """A training job cannot start or continue; the message is one line meant for the user."""
 
 

@@ -288,6 +288,8 @@ class GenerateConfig:
     distributed: Any = _key("auto: split each round's batch over torch.distributed ranks under torchrun | false")
     dask: str | None = _key("Dask scheduler address for the writes (null: a running client, else a writer thread)")
     progress: bool = _key("show a progress bar")
+    verify: bool = _key("on a rerun, read back every chunk flagged complete and regenerate the ones that cannot be "
+                        "decoded (a corrupt or truncated chunk file)", False)
 
 
 @dataclass

@@ -178,14 +178,14 @@ def test_netcdf_export(reference, tmp_path):
 def test_writes_through_a_running_dask_client(reference, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster, get_worker
 
-    log, real = tmp_path / "writes.log", G._write_chunk
+    log, real = tmp_path / "writes.log", G.write_chunk
 
     def spy(*args):  # tasks are serialised: report through a file
         with open(log, "a") as f:
             f.write(get_worker().address + "\n")  # raises outside a Dask worker
         return real(*args)
 
-    monkeypatch.setattr(G, "_write_chunk", spy)
+    monkeypatch.setattr(G, "write_chunk", spy)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
             Client(lc):
         p = tmp_path / "d.zarr"

@@ -21,14 +21,16 @@ How it stays correct:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
-import socket
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,9 +42,22 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..data.ensemble import (
+    ATTR,
+    FORMAT_VERSION,
+    StoreLock,
+    completed_members,
+    create_store,
+    is_zarr,
+    read_meta,
+    repair_arrays,
+    set_flags,
+    unreadable_chunks,
+    write_chunk,
+)
 from ..data.fields import DataError
 from ..data.store import store_bytes
-from ..errors import SciencegenError
+from ..errors import Interrupted, SciencegenError, os_error_line, stop_requests
 from ..models.checkpoint import _first_difference, _normalise
 from .data import _human, dataset_config, make_source
 from .train import _plain
@@ -60,9 +75,11 @@ __all__ = [
     "shard_chunks",
 ]
 
-#: root attribute holding the JSON description of an ensemble store
-ATTR = "sciencegen_ensemble"
-FORMAT_VERSION = 1
+
+
+log = logging.getLogger(__name__)
+# former private names, kept for callers of the previous layout (sciencegen.data.ensemble is the public API)
+_is_zarr, _read_meta = is_zarr, read_meta
 
 
 class GenerateError(SciencegenError):
@@ -234,6 +251,7 @@ class Plan:
     todo: list[int]
     created: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    lock: StoreLock | None = None
 
 
 def _template(info: ModelInfo, coords: dict[str, Any], var_attrs: dict[str, dict], members: int, chunk: int,
@@ -256,38 +274,22 @@ def _template(info: ModelInfo, coords: dict[str, Any], var_attrs: dict[str, dict
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs", ".zmetadata"))
+def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
+                       lock: StoreLock | None) -> dict[str, Any] | None:
+    """The existing store's metadata when it holds this ensemble; None when the path is free (or overwritten).
 
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    import zarr
-
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        text = root.attrs.get(ATTR)
-    except Exception:
-        return None
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The existing store's metadata when it holds this ensemble; None when the path is free (or overwritten)."""
+    Overwriting needs ``lock`` exclusively: a store that another job is writing is never deleted.
+    """
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise GenerateError(f"output.path {path} is a file, not a Zarr store: choose another output.path")
     if not path.exists():
         return None
-    if not _is_zarr(path):
+    if not is_zarr(path):
         if any(path.iterdir()):
             raise GenerateError(f"output.path {path} is a non-empty directory that is not a Zarr store: "
                                 "choose another output.path")
         return None
-    meta = _read_meta(path)
+    meta = read_meta(path)
     if meta is None:
         raise GenerateError(f"output.path {path} is a Zarr store not written by sciencegen-generate: "
                             "it is never overwritten; choose another output.path")
@@ -299,65 +301,12 @@ def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool) ->
         raise GenerateError(f"output.path {path} holds an ensemble of another config ({at.lstrip('.')}: "
                             f"{json.dumps(was)} in the store, {json.dumps(now)} now); rerun with that "
                             "config, choose another output.path, or set output.overwrite=true")
+    if lock is None or not lock.exclusive():
+        raise GenerateError(f"output.path {path} is being written by another sciencegen-generate job (it holds "
+                            f"{lock.file if lock else 'the lock'}): output.overwrite=true would delete its members; "
+                            "wait for it or stop it, then rerun")
     shutil.rmtree(path)
     return None
-
-
-def _create(path: Path, template: xr.Dataset, info: ModelInfo) -> bool:
-    """Write the template's metadata into a hidden sibling and rename it into place; False if another won."""
-    import zarr
-
-    tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    encoding = {v: {"_FillValue": np.float32("nan")} for v in info.variables}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata is a zarr v3 extension; xarray reads it
-            template.to_zarr(tmp, mode="w-", compute=False, encoding=encoding, consolidated=False)
-            zarr.consolidate_metadata(str(tmp))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if _is_zarr(path):  # another process created it first
-                return False
-            raise
-        return True
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def completed_members(path: str | os.PathLike, members: int | None = None) -> np.ndarray:
-    """The ``complete`` flag of every member of an ensemble store (unreadable chunks count as incomplete)."""
-    import zarr
-
-    arr = zarr.open_array(str(path), path="complete", mode="r")
-    n = arr.shape[0] if members is None else members
-    out = np.zeros(n, dtype=bool)
-    step = int(arr.chunks[0])
-    for a in range(0, n, step):
-        with contextlib.suppress(Exception):
-            out[a:a + step] = np.asarray(arr[a:min(a + step, n)], dtype=bool)
-    return out
-
-
-def _write_chunk(path: str, start: int, stop: int, fields_: dict[str, np.ndarray], rounds: np.ndarray,
-                 nfe: np.ndarray) -> int:
-    """Write one chunk of members: data first, then their completion flags. Returns the bytes of data.
-
-    Straight into the Zarr arrays the template created (xarray's region writes cost several times more
-    Python time per chunk, which competes with sampling for the interpreter lock).
-    """
-    import zarr
-
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    for v, a in fields_.items():
-        group[v][start:stop] = a
-    group["rounds"][start:stop] = rounds.astype(np.int32)
-    group["nfe"][start:stop] = nfe.astype(np.int32)
-    group["complete"][start:stop] = np.ones(stop - start, dtype=bool)  # last: the members are now on disk
-    return int(sum(a.nbytes for a in fields_.values()))
 
 
 def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -425,6 +374,16 @@ class _Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when any rank says True (so all ranks stop at the same chunk)."""
+        if not self.on:
+            return flag
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * self.world
+        dist.all_gather_object(flags, bool(flag))
+        return any(flags)
+
     def close(self) -> None:
         if self.started:
             import torch.distributed as dist
@@ -477,6 +436,67 @@ def _default_output() -> Path:
         raise GenerateError("output.path is required (e.g. output.path=samples.zarr)") from None
 
 
+@dataclass
+class _Job:
+    """The checked options of one generation run."""
+
+    name: str
+    steps: int
+    sampler: Any
+    identity_sampler: dict[str, Any]
+    resolved: dict[str, Any]
+    members: int
+    batch: int
+    seed: int
+    chunk: int
+    dtype: torch.dtype
+    shard: tuple[int, int]
+    device: torch.device
+
+
+def _parse(cfg: Any) -> _Job:
+    """Check the options (one-line errors) and build the sampler; nothing is read or written yet."""
+    from ..samplers import SAMPLERS
+
+    gen, out, smp = cfg["generate"], cfg["output"], cfg["sampler"]
+    members = _int_option(gen, "members", 1, "generate")
+    batch = _int_option(gen, "batch_size", 1, "generate")
+    chunk = _int_option(out, "chunk", 1, "output") if out.get("chunk") is not None else min(batch, members)
+    name = str(smp.get("name"))
+    if name not in SAMPLERS and str(smp.get("_target_", "")) in ("", "sciencegen.samplers.Sampler"):
+        raise GenerateError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+    sampler = _make_sampler(smp, cfg.get("sde"))
+    steps = _int_option(smp, "steps", 1, "sampler")
+    target = str(smp.get("_target_", "sciencegen.samplers.Sampler"))
+    ident = {"name": name, "steps": steps, "options": dict(sampler.options),
+             **({} if target == "sciencegen.samplers.Sampler" else {"_target_": target})}
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(gen.get("dtype", "float32")))
+    if dtype is None:
+        raise GenerateError(f"generate.dtype must be float32 or float64, got {gen.get('dtype')!r}")
+    shard = parse_shard(gen.get("shard"))
+    if gen.get("threads"):
+        torch.set_num_threads(int(gen["threads"]))
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    device = _device(str(gen.get("device", "auto")), local_rank)
+    return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
+                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device)
+
+
+def _check_netcdf(target: Any) -> None:
+    """``output.netcdf`` must be a writable file path: checked before any work (its parent is created)."""
+    if not target:
+        return
+    out = Path(str(target)).expanduser()
+    if out.is_dir():
+        raise GenerateError(f"output.netcdf {out} is a directory: give a file name, e.g. {out / 'ensemble.nc'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenerateError(f"output.netcdf {out}: {os_error_line(exc).split(': ', 1)[-1]}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise GenerateError(f"output.netcdf {out}: its directory {out.parent} is not writable")
+
+
 def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     """The ``sciencegen-generate`` job.
 
@@ -496,200 +516,302 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     ------
     GenerateError, DataError
         Bad input, with a one-line message.
+    Interrupted
+        SIGINT / SIGTERM: the job stopped after the chunk in flight; everything complete is kept.
     """
-    from .. import __version__
-    from ..samplers import SAMPLERS
     from ..samplers.distributed import SplitDenoiser
 
-    gen, out, smp = cfg["generate"], cfg["output"], cfg["sampler"]
-    members = _int_option(gen, "members", 1, "generate")
-    batch = _int_option(gen, "batch_size", 1, "generate")
-    seed = _int_option(gen, "seed", 0, "generate")
-    chunk = _int_option(out, "chunk", 1, "output") if out.get("chunk") is not None else min(batch, members)
-    steps = _int_option(smp, "steps", 1, "sampler")
-    name = str(smp.get("name"))
-    if name not in SAMPLERS and str(smp.get("_target_", "")) in ("", "sciencegen.samplers.Sampler"):
-        raise GenerateError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
-    sampler = _make_sampler(smp, cfg.get("sde"))
-    options = dict(sampler.options)
-    target = str(smp.get("_target_", "sciencegen.samplers.Sampler"))
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(gen.get("dtype", "float32")))
-    if dtype is None:
-        raise GenerateError(f"generate.dtype must be float32 or float64, got {gen.get('dtype')!r}")
-    index, count = parse_shard(gen.get("shard"))
-    if gen.get("threads"):
-        torch.set_num_threads(int(gen["threads"]))
-    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    device = _device(str(gen.get("device", "auto")), local_rank)
-    dist = _Dist(gen.get("distributed", "auto"), device)
-    writer = dist.rank == 0 and not bool(out.get("discard", False))
-    progress = bool(gen.get("progress", True)) and dist.rank == 0
-    talk = dist.rank == 0
+    gen, out = cfg["generate"], cfg["output"]
+    job = _parse(cfg)
+    dist = _Dist(gen.get("distributed", "auto"), job.device)
+    plan = None
     try:
-        # ---- the dataset's fields and the model
-        dataset = dataset_config(cfg["dataset"])
-        source = make_source(dataset)
-        ds, spec, label = source.open()
-        field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
-        info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, device)
-        resolved = dict(getattr(sampler, "resolved", options))
-        identity = {
-            "dataset": dataset, "model": info.identity, "sampler": {"name": name, "steps": steps, "options": options,
-                                                              **({} if target == "sciencegen.samplers.Sampler"
-                                                                 else {"_target_": target})},
-            "seed": seed, "members": members, "dtype": str(dtype).replace("torch.", ""),
-            "variables": list(info.variables), "field_dims": list(info.field_dims),
-        }
-        coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
-        var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
-                     for v in info.variables}
-
-        # ---- the store (rank 0 creates or checks it; the others learn the plan)
+        _check_netcdf(out.get("netcdf"))
+        info, identity, make_template, label = _setup(cfg, job)
         path = None if out.get("discard") else Path(str(out.get("path") or _default_output())).expanduser()
-        plan = None
         if dist.rank == 0:
-            plan = _plan(path, index, count, members, chunk, identity, info, coords, var_attrs, cfg, resolved,
-                         bool(out.get("overwrite", False)), __version__)
-        plan = dist.broadcast(plan)
-        ranges = plan.chunks
+            plan = _plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
+                         info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
+        shared = dist.broadcast(dataclasses.replace(plan, lock=None) if plan is not None else None)
+        plan = plan or shared
         model = SplitDenoiser(info.denoiser) if dist.on else info.denoiser
-
-        # ---- sample chunk by chunk; a writer thread (or a Dask client) stores chunk k while k+1 samples
-        todo_members = sum(ranges[c][1] - ranges[c][0] for c in plan.todo)
-        skipped = sum(ranges[c][1] - ranges[c][0] for c in plan.owned) - todo_members
-        shard_text = f"shard {index}/{count}, " if count > 1 else ""
-        if talk:
-            print(f"sciencegen-generate: {members} members of {label} with {name} ({steps} steps), "
-                  f"{info.label}, {shard_text}{todo_members} to do, {skipped} already written"
-                  + (f" -> {plan.path}" if plan.path else " (discarded)"), flush=True)
-        bar = None
-        if progress and todo_members:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=todo_members, desc="members", unit="member", dynamic_ncols=True)
-        client = _client(gen.get("dask")) if writer and plan.todo else None
-        pool = ThreadPoolExecutor(1, thread_name_prefix="zarr-writer") if writer and client is None else None
-        pending: Future | Any | None = None
-        t0 = time.perf_counter()
-        rounds_total, nfe_sum, written, done = 0, 0.0, 0, 0
-        shape = (len(info.variables), *info.field_shape)
-        try:
-            for c in plan.todo:
-                a, b = ranges[c]
-                res = sampler(model, shape, b - a, seed=seed, batch_size=batch, first_member=a, device=device,
-                              dtype=dtype, progress=False)
-                x = res.samples.detach().to("cpu", torch.float64).numpy()
-                if info.std is not None:
-                    bshape = (1, -1) + (1,) * len(info.field_shape)
-                    x = x * info.std.reshape(bshape) + info.mean.reshape(bshape)
-                if not np.isfinite(x).all():
-                    bad = int((~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)).sum())
-                    raise GenerateError(f"members {a}..{b - 1}: {bad} sample(s) are not finite; the model or the "
-                                        "sampler diverged (nothing of this chunk was written)")
-                fields_ = {v: np.ascontiguousarray(x[:, i], dtype=np.float32) for i, v in enumerate(info.variables)}
-                rpm = res.stats["rounds_per_member"].numpy()
-                npm = res.stats["nfe_per_member"].numpy()
-                if writer:
-                    if pending is not None:
-                        written += pending.result()
-                    job = (str(plan.path), a, b, fields_, rpm, npm)
-                    pending = client.submit(_write_chunk, *job, pure=False) if client else pool.submit(
-                        _write_chunk, *job)
-                rounds_total += int(res.stats["rounds"])
-                nfe_sum += float(npm.sum())
-                done += b - a
-                if bar is not None:
-                    bar.set_postfix(rounds=int(res.stats["rounds"]), nfe=f"{npm.mean():.0f}", refresh=False)
-                    bar.update(b - a)
-            if pending is not None:
-                written += pending.result()
-                pending = None
-        finally:
-            if bar is not None:
-                bar.close()
-            if pending is not None:  # an error while sampling: let the last chunk land (it is complete)
-                with contextlib.suppress(Exception):
-                    pending.result()
-            if pool is not None:
-                pool.shutdown(wait=True)
-            if client is not None and gen.get("dask"):  # a client this job opened
-                client.close()
-        seconds = time.perf_counter() - t0
-
-        # ---- finish: refresh the consolidated metadata, report, export
-        complete = None
-        if writer:
-            import zarr
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                zarr.consolidate_metadata(str(plan.path))
-            flags = completed_members(plan.path, members)
-            complete = int(flags.sum())
-            if out.get("netcdf") and complete == members:
-                export_netcdf(plan.path, out["netcdf"])
-        summary = {"path": str(plan.path) if plan.path else None, "members": members, "done": done,
-                   "skipped": skipped, "complete": complete, "seconds": seconds, "rounds": rounds_total,
-                   "nfe": nfe_sum / done if done else 0.0, "bytes": written,
-                   "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{index}/{count}",
-                   "sampler": name, "steps": steps}
-        if talk:
-            print(format_summary(summary), flush=True)
-        return summary
-    except PermissionError as exc:
-        raise GenerateError(f"cannot write {exc.filename or out.get('path')}: permission denied") from None
+        writer = dist.rank == 0 and plan.path is not None
+        run = _announce(job, plan, info, label, dist.rank == 0)
+        with stop_requests() as stop:
+            _sample_chunks(job, plan, info, model, run, stop, dist, writer, gen)
+        return _finish(job, plan, run, writer, out, dist.rank == 0)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise GenerateError(_kept(os_error_line(exc, str(out.get("path"))), plan)) from None
     finally:
+        if plan is not None and plan.lock is not None:
+            plan.lock.release()
         dist.close()
 
 
-def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, identity: dict[str, Any],
-          info: ModelInfo, coords: dict[str, Any], var_attrs: dict[str, dict], cfg: Any, resolved: dict[str, Any],
-          overwrite: bool, version: str) -> Plan:
+def _kept(line: str, plan: Plan | None) -> str:
+    """``line`` plus what the store still holds (read back; the store stays usable)."""
+    if plan is None or plan.path is None:
+        return line
+    try:
+        done = int(completed_members(plan.path, plan.members).sum())
+    except Exception:
+        return line
+    return f"{line}; {done}/{plan.members} members complete in {plan.path} are kept, rerun to resume"
+
+
+def _setup(cfg: Any, job: _Job) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str]:
+    """Open the dataset, build the model; the store's identity and its template (given the meta and chunk)."""
+    from .. import __version__
+
+    dataset = dataset_config(cfg["dataset"])
+    ds, spec, label = make_source(dataset).open()
+    field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
+    info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device)
+    identity = {"dataset": dataset, "model": info.identity, "sampler": job.identity_sampler, "seed": job.seed,
+                "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
+                "variables": list(info.variables), "field_dims": list(info.field_dims)}
+    coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
+    var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
+                 for v in info.variables}
+
+    def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
+        attrs = _store_attrs(meta, identity, info, cfg, job.resolved, __version__)
+        return _template(info, coords, var_attrs, job.members, chunk, attrs)
+
+    return info, identity, make_template, label
+
+
+@dataclass
+class _Run:
+    """What this run did so far."""
+
+    batch: int
+    todo_members: int
+    skipped: int
+    t0: float = field(default_factory=time.perf_counter)
+    rounds: int = 0
+    nfe_sum: float = 0.0
+    written: int = 0
+    done: int = 0
+    chunks_written: int = 0
+    stopped: str | None = None
+
+
+def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) -> _Run:
+    """Choose the sampling batch (the store's, so that resumed members are bitwise) and say what will happen."""
+    ranges = plan.chunks
+    todo = sum(ranges[c][1] - ranges[c][0] for c in plan.todo)
+    skipped = sum(ranges[c][1] - ranges[c][0] for c in plan.owned) - todo
+    batch = int(plan.meta.get("batch_size") or job.batch)
+    if talk and batch != job.batch and todo:
+        log.warning("the store was sampled in batches of %d: generate.batch_size=%d is ignored so that every "
+                    "member is bitwise what an uninterrupted run writes", batch, job.batch)
+    index, count = job.shard
+    if talk:
+        shard_text = f"shard {index}/{count}, " if count > 1 else ""
+        print(f"sciencegen-generate: {job.members} members of {label} with {job.name} ({job.steps} steps), "
+              f"{info.label}, {shard_text}{todo} to do, {skipped} already written"
+              + (f" -> {plan.path}" if plan.path else " (discarded)"), flush=True)
+    return _Run(batch, todo, skipped)
+
+
+def _sample_chunk(job: _Job, info: ModelInfo, model: Any, a: int, b: int, batch: int) -> tuple[dict, Any]:
+    """Members ``a..b-1`` in physical units, float32 per variable, and the sampler's result."""
+    shape = (len(info.variables), *info.field_shape)
+    res = job.sampler(model, shape, b - a, seed=job.seed, batch_size=batch, first_member=a, device=job.device,
+                      dtype=job.dtype, progress=False)
+    x = res.samples.detach().to("cpu", torch.float64).numpy()
+    if info.std is not None:
+        bshape = (1, -1) + (1,) * len(info.field_shape)
+        x = x * info.std.reshape(bshape) + info.mean.reshape(bshape)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)).sum())
+        raise GenerateError(f"members {a}..{b - 1}: {bad} sample(s) are not finite; the model or the "
+                            "sampler diverged (nothing of this chunk was written)")
+    return {v: np.ascontiguousarray(x[:, i], dtype=np.float32) for i, v in enumerate(info.variables)}, res
+
+
+def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run, stop: Any, dist: _Dist,
+                   writer: bool, gen: Any) -> None:
+    """Sample the chunks to do; a writer thread (or a Dask client) stores chunk k while k+1 samples.
+
+    A stop request (SIGINT / SIGTERM) ends the loop after the chunk in flight has been written.
+    """
+    bar = None
+    if bool(gen.get("progress", True)) and dist.rank == 0 and run.todo_members:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.todo_members, desc="members", unit="member", dynamic_ncols=True)
+    client = _client(gen.get("dask")) if writer and plan.todo else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="zarr-writer") if writer and client is None else None
+    pending: Future | Any | None = None
+    store_id = plan.meta.get("store_id")
+    try:
+        for c in plan.todo:
+            a, b = plan.chunks[c]
+            fields_, res = _sample_chunk(job, info, model, a, b, run.batch)
+            rpm, npm = res.stats["rounds_per_member"].numpy(), res.stats["nfe_per_member"].numpy()
+            if writer:
+                if pending is not None:
+                    run.written += pending.result()
+                    run.chunks_written += 1
+                args = (str(plan.path), store_id, a, b, fields_, rpm, npm)
+                pending = client.submit(write_chunk, *args, pure=False) if client else pool.submit(write_chunk, *args)
+            run.rounds += int(res.stats["rounds"])
+            run.nfe_sum += float(npm.sum())
+            run.done += b - a
+            if bar is not None:
+                bar.set_postfix(rounds=int(res.stats["rounds"]), nfe=f"{npm.mean():.0f}", refresh=False)
+                bar.update(b - a)
+            if dist.agree(bool(stop)):
+                run.stopped = stop.signal or "a signal on another rank"
+                break
+        if pending is not None:
+            run.written += pending.result()
+            run.chunks_written += 1
+            pending = None
+    finally:
+        if bar is not None:
+            bar.close()
+        if pending is not None:  # an error while sampling: let the last chunk land (it is complete)
+            with contextlib.suppress(Exception):
+                pending.result()
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if client is not None and gen.get("dask"):  # a client this job opened
+            client.close()
+
+
+def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool) -> dict[str, Any]:
+    """Refresh the consolidated metadata (only if something was written), report, export."""
+    seconds = time.perf_counter() - run.t0
+    complete = None
+    if writer:
+        import zarr
+
+        if run.chunks_written or plan.created or (plan.todo and plan.lock is not None):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                zarr.consolidate_metadata(str(plan.path))
+        complete = int(completed_members(plan.path, job.members).sum())
+    if run.stopped:
+        where = f", {complete}/{job.members} complete in {plan.path}" if writer else ""
+        raise Interrupted(f"interrupted ({run.stopped}); {run.done} members sampled by this run{where}; "
+                          "rerun the same command to resume")
+    if writer and out.get("netcdf") and complete == job.members:
+        export_netcdf(plan.path, out["netcdf"])
+    summary = {"path": str(plan.path) if plan.path else None, "members": job.members, "done": run.done,
+               "skipped": run.skipped, "complete": complete, "seconds": seconds, "rounds": run.rounds,
+               "nfe": run.nfe_sum / run.done if run.done else 0.0, "bytes": run.written,
+               "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{job.shard[0]}/{job.shard[1]}",
+               "sampler": job.name, "steps": job.steps}
+    if talk:
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def _lock(path: Path) -> tuple[StoreLock | None, OSError | None]:
+    """Hold the store's lock shared (creating the parent directory); ``(None, why)`` where nothing can be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if not path.parent.is_dir():
+            raise GenerateError(f"cannot create the directory of output.path {path}: "
+                                f"{os_error_line(exc).split(': ', 1)[-1]}") from None
+    lock = StoreLock(path)
+    try:
+        lock.shared()
+    except OSError as exc:  # a read-only or full filesystem: fine as long as there is nothing to write
+        return None, exc
+    return lock, None
+
+
+def _store_attrs(meta: dict[str, Any], identity: dict[str, Any], info: ModelInfo, cfg: Any,
+                 resolved: dict[str, Any], version: str) -> dict[str, Any]:
+    return {
+        ATTR: json.dumps(meta, sort_keys=True, default=str),
+        "Conventions": "CF-1.8",
+        "title": f"{identity['dataset'].get('name', 'dataset')} ensemble from sciencegen",
+        "source": f"sciencegen {version}",
+        "history": f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
+                   f"sciencegen-generate {identity['sampler']['name']}",
+        "sampler": identity["sampler"]["name"],
+        "sampler_steps": identity["sampler"]["steps"],
+        "sampler_options": json.dumps({k: v for k, v in resolved.items() if not _inf(v)}, sort_keys=True,
+                                      default=str),
+        "model": json.dumps(info.identity, sort_keys=True),
+        "seed": identity["seed"],
+        "sciencegen_version": version,
+        "config": json.dumps(_plain(cfg), sort_keys=True, default=str),
+    }
+
+
+def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
+          make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
+          verify: bool) -> Plan:
+    """Create or check the store, lock it when this job will write, and list the chunks still to do."""
     if path is None:
         ranges = chunk_ranges(members, chunk)
         owned = list(shard_chunks(len(ranges), index, count))
         return Plan(None, members, chunk, ranges, owned, list(owned))
-    meta = _check_output_path(path, identity, overwrite)
+    lock, why = _lock(path)
+    try:
+        return _plan_store(path, lock, why, index, count, members, chunk, batch, identity, make_template, variables,
+                           overwrite, verify)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: int, count: int, members: int,
+                chunk: int, batch: int, identity: dict[str, Any], make_template: Callable[..., xr.Dataset],
+                variables: tuple[str, ...], overwrite: bool, verify: bool) -> Plan:
+    meta = _check_output_path(path, identity, overwrite, lock)
     created = False
     if meta is None:
+        if lock is None:
+            raise GenerateError(os_error_line(why, str(path)))
+        meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk, "batch_size": batch,
+                "store_id": uuid.uuid4().hex}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            created = create_store(path, make_template(meta, chunk), variables)
         except OSError as exc:
-            raise GenerateError(f"cannot create the directory of output.path {path}: {exc.strerror}") from None
-        if not os.access(path.parent, os.W_OK):
-            raise GenerateError(f"cannot write output.path {path}: its directory is not writable")
-        meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk}
-        config = _plain(cfg)
-        attrs = {
-            ATTR: json.dumps(meta, sort_keys=True, default=str),
-            "Conventions": "CF-1.8",
-            "title": f"{identity['dataset'].get('name', 'dataset')} ensemble from sciencegen",
-            "source": f"sciencegen {version}",
-            "history": f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
-                       f"sciencegen-generate {identity['sampler']['name']}",
-            "sampler": identity["sampler"]["name"],
-            "sampler_steps": identity["sampler"]["steps"],
-            "sampler_options": json.dumps({k: v for k, v in resolved.items() if not _inf(v)}, sort_keys=True,
-                                          default=str),
-            "model": json.dumps(info.identity, sort_keys=True),
-            "seed": identity["seed"],
-            "sciencegen_version": version,
-            "config": json.dumps(config, sort_keys=True, default=str),
-        }
-        template = _template(info, coords, var_attrs, members, chunk, attrs)
-        try:
-            created = _create(path, template, info)
-        except OSError as exc:
-            raise GenerateError(f"cannot write output.path {path}: {exc.strerror or exc}") from None
+            raise GenerateError(os_error_line(exc, str(path))) from None
+        lock.shared()  # after an overwrite: back from exclusive
         if not created:
-            meta = _check_output_path(path, identity, False)
+            meta = _check_output_path(path, identity, False, None)
     # the store's chunks are the unit of work (a rerun with another batch size keeps them)
     chunk = int(meta.get("chunk", chunk))
-    ranges = chunk_ranges(members, chunk)
-    owned = list(shard_chunks(len(ranges), index, count))
-    flags = completed_members(path, members)
-    todo = [c for c in owned if not flags[ranges[c][0]:ranges[c][1]].all()]
-    return Plan(path, members, chunk, ranges, owned, todo, created, meta)
+    plan = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock)
+    plan.owned = list(shard_chunks(len(plan.chunks), index, count))
+    plan.todo = _todo(plan, make_template(meta, chunk), variables, verify)
+    if plan.todo and lock is None:
+        done = int(completed_members(path, members).sum())
+        raise GenerateError(f"{os_error_line(why, str(path))}; {len(plan.todo)} chunk(s) to write, "
+                            f"{done}/{members} members complete are kept")
+    return plan
+
+
+def _todo(plan: Plan, template: xr.Dataset, variables: tuple[str, ...], verify: bool) -> list[int]:
+    """The owned chunks not complete; repairs missing arrays and (``verify``) unreadable chunks first."""
+    path, ranges = plan.path, plan.chunks
+    if plan.lock is not None:
+        for name in repair_arrays(path, template, variables):
+            log.warning("%s: the %s array was missing; recreated (its members are regenerated)", path, name)
+    flags = completed_members(path, plan.members)
+    todo = [c for c in plan.owned if not flags[ranges[c][0]:ranges[c][1]].all()]
+    if verify:
+        done = [c for c in plan.owned if c not in todo]
+        for c, why in unreadable_chunks(path, ranges, done, variables).items():
+            log.warning("%s: members %d..%d flagged complete but unreadable (%s); regenerating them",
+                        path, ranges[c][0], ranges[c][1] - 1, why)
+            if plan.lock is not None:
+                set_flags(str(path), ranges[c][0], ranges[c][1], False)
+            todo.append(c)
+    return sorted(todo)
 
 
 def _inf(v: Any) -> bool:

@@ -125,10 +125,10 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
         _line("stage 4/4: evaluate")
         ev_dir = run / "evaluation"
         stamp = ev_dir / ".inputs.json"
-        from .generate import _read_meta, completed_members
+        from ..data.ensemble import completed_members, read_meta
 
         store = run / "samples.zarr"
-        inputs = {"store": (_read_meta(store) or {}).get("identity") if store.exists() else None,
+        inputs = {"store": (read_meta(store) or {}).get("identity") if store.exists() else None,
                   "complete": int(completed_members(store).sum()) if store.exists() else 0,
                   "config": _plain(sc["evaluate"])}
         key = _fingerprint(inputs)

@@ -164,16 +164,30 @@ def create_store(path: Path, template: xr.Dataset, variables: tuple[str, ...]) -
             template.to_zarr(tmp, mode="w-", compute=False, encoding=_encoding(template, variables),
                              consolidated=False)
             zarr.consolidate_metadata(str(tmp))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if is_zarr(path):  # another process created it first
-                return False
-            raise
-        return True
+        for _ in range(5):
+            try:
+                os.rename(tmp, path)
+                return True
+            except OSError:
+                if is_zarr(path):  # another process created it first
+                    return False
+                if not _stray(path, set(template.variables)):
+                    raise
+                # chunks a writer of a just-deleted store put back (a filesystem without flock): not ours
+                shutil.rmtree(path, ignore_errors=True)
+        raise StoreError(f"{path} keeps being written by another job while it is replaced: stop that job first")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stray(path: Path, names: set[str]) -> bool:
+    """A directory without Zarr metadata holding only array folders of an ensemble store."""
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    return not is_zarr(path) and all(e.is_dir() and e.name in names for e in entries)
 
 
 def _encoding(template: xr.Dataset, variables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -201,7 +215,8 @@ def repair_arrays(path: Path, template: xr.Dataset, variables: tuple[str, ...]) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         enc = _encoding(template, variables)
-        template[missing].drop_vars(list(template.coords)).to_zarr(
+        part = template[missing]
+        part.drop_vars(list(part.coords)).to_zarr(
             str(path), mode="a", compute=False, consolidated=False, encoding={k: enc[k] for k in missing if k in enc})
     if any(v != "complete" for v in missing):
         set_flags(str(path), 0, int(template.sizes["member"]), False)

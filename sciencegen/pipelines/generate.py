@@ -229,11 +229,38 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
         ds_name = (meta.get("dataset") or {}).get("name", "?")
         raise GenerateError(f"checkpoint {meta['path']} was trained on {ds_name} with {show(trained)}, but the "
                             f"dataset has {show(asked)}: pick the matching dataset options or another checkpoint")
+    differences = dataset_differences(meta.get("dataset") or {}, _plain(dataset_cfg))
+    if differences:
+        log.warning("checkpoint %s was trained on another dataset configuration (%s): its samples follow the "
+                    "training data, not this configuration", meta["path"], "; ".join(differences))
     identity = {"name": name, "checkpoint": str(Path(meta["path"]).resolve()), "step": int(meta["step"]),
                 "sha256": _file_digest(meta["path"])}
     return ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
                      np.asarray(data["std"], dtype=np.float64), identity,
                      f"{name} {meta['path']} (step {meta['step']})")
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def dataset_differences(trained: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
+    """``"key: trained -> now"`` for every dataset option whose value differs between a checkpoint's training
+    data and the dataset asked for now (grid and variables are checked separately and must agree)."""
+    a, b = _flat(_normalise(trained)), _flat(_normalise(asked))
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _NOT_THE_LAW)
+    return [f"dataset.{k}: {json.dumps(a.get(k, '<unset>'))} in training, {json.dumps(b.get(k, '<unset>'))} now"
+            for k in keys if a.get(k) != b.get(k)]
+
+
+#: dataset keys that change how data are stored or how many there are, not the law of one field
+_NOT_THE_LAW = frozenset({"name", "chunk", "device", "engine", "samples", "trajectories", "snapshots", "nonfinite",
+                          "max_gb", "progress"})
 
 
 # --------------------------------------------------------------------------------------------- the store
@@ -482,6 +509,19 @@ def _parse(cfg: Any) -> _Job:
                 _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device)
 
 
+def _make_parent(path: Path, key: str) -> None:
+    """Create the parent directory of ``path``; one line naming the culprit when a parent is a file."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise GenerateError(f"{key} {path}: a parent of it is a file, not a directory ({blocker})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if not path.parent.is_dir():
+            raise GenerateError(f"{key} {path}: cannot create its directory: "
+                                f"{os_error_line(exc).split(': ', 1)[-1]}") from None
+
+
 def _check_netcdf(target: Any) -> None:
     """``output.netcdf`` must be a writable file path: checked before any work (its parent is created)."""
     if not target:
@@ -489,10 +529,7 @@ def _check_netcdf(target: Any) -> None:
     out = Path(str(target)).expanduser()
     if out.is_dir():
         raise GenerateError(f"output.netcdf {out} is a directory: give a file name, e.g. {out / 'ensemble.nc'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GenerateError(f"output.netcdf {out}: {os_error_line(exc).split(': ', 1)[-1]}") from None
+    _make_parent(out, "output.netcdf")
     if not os.access(out.parent, os.W_OK):
         raise GenerateError(f"output.netcdf {out}: its directory {out.parent} is not writable")
 
@@ -714,12 +751,7 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
 
 def _lock(path: Path) -> tuple[StoreLock | None, OSError | None]:
     """Hold the store's lock shared (creating the parent directory); ``(None, why)`` where nothing can be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        if not path.parent.is_dir():
-            raise GenerateError(f"cannot create the directory of output.path {path}: "
-                                f"{os_error_line(exc).split(': ', 1)[-1]}") from None
+    _make_parent(path, "output.path")
     lock = StoreLock(path)
     try:
         lock.shared()

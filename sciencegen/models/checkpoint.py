@@ -11,7 +11,8 @@ Every file is written to a temporary name in the same directory
 any moment (``kill -9``, out of memory, pre-emption) therefore leaves either the complete final file or
 no final file plus a temporary one; :func:`list_checkpoints` and :func:`load_checkpoint` never look at
 temporary files, and the next :func:`save_checkpoint` on the same host removes those whose writer
-process is gone.
+process is gone. A save that fails (disk full) removes its own temporary files, renames nothing and
+raises an :class:`OSError` naming the file.
 
 A checkpoint file holds one dict::
 
@@ -148,22 +149,50 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(final: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``final`` through a temp file in its directory: write, flush, fsync, :func:`os.replace`.
+class _ErrorRecorder:
+    """A binary file wrapper that remembers the :class:`OSError` of a failed ``write``.
 
-    The directory itself is not fsync-ed here (the caller does it once for all its renames).
+    :func:`torch.save` turns an error of the underlying file (disk full, quota) into a ``RuntimeError``
+    without the errno; this keeps the original so that the caller can report it.
+    """
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_temp(final: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write the content of ``final`` to a temp file in its directory (flushed, fsync-ed); returns the temp path.
+
+    On failure the temp file is removed; an operating-system error (disk full, read-only, quota) is raised
+    as an :class:`OSError` with its errno and ``filename`` = ``final``, even when :func:`torch.save` wrapped it.
     """
     tmp = final.with_name(f"{final.name}.tmp-{_host_tag()}-{os.getpid()}")
+    rec: _ErrorRecorder | None = None
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            rec = _ErrorRecorder(f)
+            write(rec)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        cause = e if isinstance(e, OSError) else (rec.error if rec is not None else None)
+        if cause is not None and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), os.fspath(final)) from e
         raise
+    return tmp
 
 
 def _pid_alive(pid: int) -> bool:
@@ -246,9 +275,11 @@ def save_checkpoint(
     """Write ``run_dir/checkpoints/step_{step:09d}.pt`` atomically and prune old checkpoints.
 
     Order of operations: remove temp files of dead writers (same host); ``torch.save`` to a temp file in
-    the checkpoint directory, flush, ``os.fsync``, ``os.replace`` to the final name; the same for the JSON
-    sidecar ``step_{step:09d}.json``; ``fsync`` the directory; then delete all but the newest ``keep``
-    valid checkpoints (and their sidecars, and sidecars without a checkpoint).
+    the checkpoint directory, flush, ``os.fsync``; the same for the JSON sidecar ``step_{step:09d}.json``;
+    ``os.replace`` both to their final names; ``fsync`` the directory; then delete all but the newest
+    ``keep`` valid checkpoints (and their sidecars, and sidecars without a checkpoint). A save that fails
+    (disk full, read-only file system, quota) removes its temp files and renames nothing, so the
+    checkpoints written before stay as they were.
 
     Parameters
     ----------
@@ -280,6 +311,9 @@ def save_checkpoint(
         ``meta`` is not JSON-serialisable (checked before anything is written), or ``step`` is a bool.
     ValueError
         ``step`` is negative or ``keep < 1``.
+    OSError
+        The files cannot be written (e.g. ``errno.ENOSPC``); ``filename`` is the checkpoint (or sidecar)
+        path, also when :func:`torch.save` reported the failure as a ``RuntimeError``.
     """
     if isinstance(step, bool):
         raise TypeError(f"step must be an integer, got {step!r}")
@@ -308,7 +342,6 @@ def save_checkpoint(
         "state": state,
     }
     final = d / _final_name(step)
-    _atomic_write(final, lambda f: torch.save(payload, f))
     sidecar = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -318,7 +351,18 @@ def save_checkpoint(
         "meta": meta_json,
     }
     text = json.dumps(sidecar, indent=2) + "\n"
-    _atomic_write(_sidecar(final), lambda f: f.write(text.encode("utf-8")))
+    # both files are complete on disk before either is renamed: a failed save (disk full) renames nothing
+    temps: list[Path] = []
+    try:
+        temps.append(_write_temp(final, lambda f: torch.save(payload, f)))
+        temps.append(_write_temp(_sidecar(final), lambda f: f.write(text.encode("utf-8"))))
+        os.replace(temps[0], final)
+        os.replace(temps[1], _sidecar(final))
+    except BaseException:
+        for t in temps:
+            with contextlib.suppress(OSError):
+                t.unlink()
+        raise
     _fsync_dir(d)
 
     if keep is not None:

@@ -19,6 +19,14 @@ The training step, per global batch of ``train.batch_size`` fields (split evenly
 5. update the EMA weights (half-life in samples with EDM's ramp-up, or a fixed decay).
 
 The EMA weights are what :func:`load_model` returns (and what generation uses).
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM (a scheduler's time limit or preemption) is acted on after the optimiser
+step in flight (and its metrics row / periodic checkpoint): a checkpoint of that step is written (rank 0; the
+ranks vote every step so all stop at the same one) and :class:`~sciencegen.errors.Interrupted` ends the job
+(exit 130); rerunning the same command resumes from it exactly. A second Ctrl-C stops at once (no partial file:
+checkpoint writes are atomic). A write that fails (disk full, read-only, quota) stops training with one line
+naming the file and the last complete checkpoint, which stays usable; a run directory that cannot be written
+is refused before any work.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import errno
+import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -41,7 +52,7 @@ import torch
 from torch import nn
 
 from ..data.fields import DataError
-from ..errors import SciencegenError
+from ..errors import Interrupted, SciencegenError, StopRequest, os_error_line, stop_requests
 from ..models import EDMPrecond, Oracle, UNet, denoising_loss, unet_preset
 from ..models.checkpoint import (
     CheckpointError,
@@ -86,8 +97,17 @@ _PRECISIONS = ("auto", "fp32", "bf16")
 _SCHEDULES = ("cosine", "constant")
 
 
+logger = logging.getLogger(__name__)
+
+
 class TrainError(SciencegenError):
     """A training job cannot start or continue; the message is one line meant for the user."""
+
+
+class _DiskFault(TrainError):
+    """The run directory cannot be written (disk full, read-only, quota): an operating-system fault (exit 1)."""
+
+    exit_code = 1
 
 
 # ------------------------------------------------------------------------------------------- model builders
@@ -588,8 +608,15 @@ def plot_samples(samples: torch.Tensor, path: str | os.PathLike, *, data: torch.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    except OSError as exc:  # e.g. disk full: no partial figure is left; the error names the figure
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
     return err
 
 
@@ -628,6 +655,13 @@ class _Dist:
             self.device = torch.device("cpu")
         nccl = self.world > 1 and dist.get_backend() == "nccl"
         self.comm_device = self.device if nccl else torch.device("cpu")
+        # the per-step stop/fault vote runs on CPU tensors (gloo) so that it never waits for the GPU stream
+        self.ctrl_group: Any = None
+        if nccl:
+            try:
+                self.ctrl_group = dist.new_group(backend="gloo")
+            except Exception:  # no gloo in this build: vote over NCCL (a GPU sync per step)
+                self.ctrl_group = None
 
     @property
     def main(self) -> bool:
@@ -649,6 +683,18 @@ class _Dist:
         t = torch.tensor([value], dtype=torch.float64, device=self.comm_device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return float(t.item())
+
+    def agree(self, code: int) -> int:
+        """The largest of the ranks' ``code`` (every rank must call it at the same point of the loop)."""
+        if self.world == 1:
+            return code
+        if self.ctrl_group is not None:
+            t = torch.tensor([code], dtype=torch.int64)
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX, group=self.ctrl_group)
+        else:
+            t = torch.tensor([code], dtype=torch.int64, device=self.comm_device)
+            self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return int(t.item())
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
@@ -760,6 +806,7 @@ class _Metrics:
 
     def __init__(self, run_dir: Path, start_step: int, tensorboard: bool):
         self.path = run_dir / "metrics.csv"
+        self.failed = False
         self._truncate(start_step)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.file = open(self.path, "a", newline="")  # closed in close()
@@ -790,19 +837,33 @@ class _Metrics:
             os.replace(self.path, backup)
             warnings.warn(f"{self.path} had other columns; moved to {backup}", stacklevel=3)
             return
-        keep = [r for r in body if r and _int(r[0]) is not None and _int(r[0]) <= step]
+        keep = [r for r in body if len(r) == len(CSV_COLUMNS) and _int(r[0]) is not None and _int(r[0]) <= step]
         if len(keep) == len(body):
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(keep)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(header)
+                w.writerows(keep)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # disk full: the old file stays as it was, no temp file is left
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(self.path)) from exc
 
     def write(self, row: Mapping[str, Any]) -> None:
-        self.writer.writerow([_fmt(row.get(c)) for c in CSV_COLUMNS])
-        self.file.flush()
+        """Append one row (flushed); an :class:`OSError` (disk full) names the CSV file."""
+        try:
+            self.writer.writerow([_fmt(row.get(c)) for c in CSV_COLUMNS])
+            self.file.flush()
+        except OSError as exc:
+            self.failed = True
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(self.path)) from exc
         if self.tb is not None:
             step = int(row["step"])
             for c in CSV_COLUMNS[4:]:
@@ -811,9 +872,20 @@ class _Metrics:
                     self.tb.add_scalar(c, float(v), step)
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            if not self.failed:  # after a failed write the error was reported already
+                raise
         if self.tb is not None:
             self.tb.close()
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: Ctrl-C and SLURM signal the whole process group, and the main
+    process stops at a safe point and then shuts its workers down (a worker killed first would fail the loader)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _int(s: str) -> int | None:
@@ -842,6 +914,36 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Window:
+    """Sums over the training steps since the last metrics row (on the training device: no sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.gn = torch.zeros((), dtype=torch.float64, device=device)
+        self.reset()
+
+    def add(self, loss: torch.Tensor, gn: torch.Tensor | None, seconds: float) -> None:
+        self.loss += loss
+        self.n += 1
+        if gn is not None:
+            self.gn += gn
+            self.gn_n += 1
+        self.time += seconds
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.gn.zero_()
+        self.n = self.gn_n = self.steps = 0
+        self.time = 0.0
+
+
+#: codes of the per-step vote of the ranks (the largest wins): go on, a signal (stop at this step), a disk fault
+_SIGNAL_CODE = {"SIGINT": 1, "SIGTERM": 2}
+_SIGNAL_NAME = {v: k for k, v in _SIGNAL_CODE.items()}
+_FAULT = 3
 
 
 # ------------------------------------------------------------------------------------------- the job
@@ -951,8 +1053,8 @@ class _Trainer:
             raise TrainError(f"data: the training split of {store} has {self.stream.n_samples} samples per "
                              f"epoch, fewer than one batch of {self.local_batch} per rank: lower train.batch_size "
                              "or train.holdout")
-        self.loader = make_loader(self.stream, num_workers=o["num_workers"],
-                                  pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(self.stream, num_workers=o["num_workers"], pin_memory=self.device.type == "cuda",
+                                  worker_init_fn=_ignore_stop_signals)
 
     def _setup(self) -> None:
         o = self.o
@@ -1044,9 +1146,37 @@ class _Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "samples": self.samples,
             "minutes": self.minutes, "rng": rng, "world_size": self.d.world,
         }
-        self.checkpoint = save_checkpoint(self.run_dir, self.step, state, keep=self.o["keep"], meta=self.meta)
+        try:
+            self.checkpoint = save_checkpoint(self.run_dir, self.step, state, keep=self.o["keep"], meta=self.meta)
+        except OSError as exc:  # disk full: nothing of this save is left; the ranks stop together (see _poll)
+            if exc.errno is None:
+                raise
+            self._fault = self._fault or exc
+            return None
         self.saved_step, self.saved_minutes = self.step, self.minutes
         return self.checkpoint
+
+    def _check_run_dir(self) -> None:
+        """Stop before any work when rank 0 cannot write the run directory (read-only, full, no permission)."""
+        line = None
+        if self.d.main:
+            probe = self.run_dir / f".write-test-{os.getpid()}"
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                with open(probe, "wb") as f:
+                    f.write(b"0")
+                    f.flush()
+                probe.unlink()
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+                if exc.errno is None:
+                    raise
+                line = os_error_line(OSError(exc.errno, exc.strerror, os.fspath(self.run_dir)))
+        line = self.d.broadcast(line)
+        if line is not None:
+            raise _DiskFault(f"{line}; nothing was trained: the run directory must be writable (checkpoints, "
+                             "metrics.csv): fix it or choose another (hydra.run.dir=... or run_dir=...)")
 
     # -- pieces of a step -----------------------------------------------------------------------------------------
 
@@ -1148,6 +1278,11 @@ class _Trainer:
                                data_label=getattr(self, "fig_label", "training data"))
             self.figure = path
             return err
+        except OSError as exc:
+            if exc.errno is not None:  # disk full: stops training like a failed checkpoint or metrics row
+                raise
+            warnings.warn(f"figure at step {self.step} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+            return None
         except Exception as exc:  # a figure must never stop training
             warnings.warn(f"figure at step {self.step} failed: {type(exc).__name__}: {exc}", stacklevel=2)
             return None
@@ -1163,6 +1298,8 @@ class _Trainer:
 
     def run(self) -> dict[str, Any]:
         o, d = self.o, self.d
+        self._fault: OSError | None = None  # rank 0's failed write, raised on all ranks at the next safe point
+        self._check_run_dir()
         self._setup()
         self.step = self.epoch = self.batch_in_epoch = self.samples = 0
         self.minutes = 0.0
@@ -1189,7 +1326,7 @@ class _Trainer:
                       f"the bounds (train.max_steps={o['max_steps']}, train.max_minutes={o['max_minutes']}); "
                       f"raise them to continue. Checkpoint: {resumed}", flush=True)
             return base
-        metrics = _Metrics(self.run_dir, self.step, bool(o["tensorboard"])) if d.main else None
+        metrics = self._open_metrics()
         self.fig_data = None
         if d.main and o["figure_members"] > 0:
             with contextlib.suppress(Exception):
@@ -1202,88 +1339,42 @@ class _Trainer:
             if metrics is not None:
                 metrics.close()
 
+    def _open_metrics(self) -> _Metrics | None:
+        """``metrics.csv`` of rank 0 (rows past the checkpoint dropped); a disk fault stops every rank here."""
+        metrics = None
+        if self.d.main:
+            try:
+                metrics = _Metrics(self.run_dir, self.step, bool(self.o["tensorboard"]))
+            except OSError as exc:
+                if exc.errno is None:
+                    raise
+                self._fault = exc
+        if self.d.agree(_FAULT if self._fault is not None else 0) == _FAULT:
+            raise self._fault_error()
+        return metrics
+
     def _loop(self, metrics: _Metrics | None, start_step: int, resumed: Path | None) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         o, d = self.o, self.d
-        cpu_check = self.device.type == "cpu" and d.world == 1  # a per-step finiteness check costs nothing
         # the bar shows the fraction of the run done by whichever bound ends it first (steps or minutes),
         # so its ETA is right when train.max_minutes binds; the step count is in the postfix
         bar = tqdm(total=100.0, initial=round(100 * self._bar_progress(), 1), desc="train", dynamic_ncols=True,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
                    disable=not (d.main and o["progress"]), file=sys.stderr, leave=True)
-        acc_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        acc_gn = torch.zeros((), dtype=torch.float64, device=self.device)
-        acc_n = acc_gn_n = 0
-        row_time = 0.0  # seconds spent in training steps since the last row
-        row_steps = 0
-        last_loss = last_val = None
-        sps = None
-        t_run = time.perf_counter()
-        minutes0 = self.minutes
+        self._window = _Window(self.device)
+        self._last: dict[str, float | None] = {"loss": None, "val": None, "sps": None}
+        self._t_run, self._minutes0 = time.perf_counter(), self.minutes
         batches = self._batches()
         stopped: str | None = None
-        while stopped is None:
-            t0 = time.perf_counter()
-            x0 = next(batches)
-            self.batch_in_epoch += 1
-            self.step += 1
-            self.lr = o["lr"] * lr_factor(self.step, self._progress(), warmup_steps=o["warmup_steps"],
-                                          schedule=o["schedule"], final_ratio=o["final_lr_ratio"])
-            loss, gn = self._train_step(x0)
-            self.samples += o["batch_size"]
-            acc_loss += loss
-            acc_n += 1
-            if gn is not None:
-                acc_gn += gn
-                acc_gn_n += 1
-            row_time += time.perf_counter() - t0
-            row_steps += 1
-            local_minutes = minutes0 + (time.perf_counter() - t_run) / 60.0
-            bar.n = round(100 * self._bar_progress(local_minutes), 1)
-            if self.step % 10 == 0:
-                bar.refresh()
-            if cpu_check and not math.isfinite(float(loss)):
-                self._nonfinite(float(loss), metrics)
-            is_log = self.step % o["log_every"] == 0
-            max_steps_hit = o["max_steps"] is not None and self.step >= o["max_steps"]
-            if d.world == 1 or is_log or max_steps_hit:  # ranks agree on the time at log steps
-                self.minutes = d.max(local_minutes)
-            stopped = self._done()
-            if not (is_log or stopped):
-                continue
-            # -- a row: reduce across ranks, check, validate, figure, write, checkpoint
-            tot_loss, tot_n, tot_time = d.sum([float(acc_loss), acc_n, row_time])
-            mean_loss = tot_loss / max(tot_n, 1)
-            if not math.isfinite(mean_loss):
-                self._nonfinite(mean_loss, metrics)
-            row: dict[str, Any] = {
-                "step": self.step, "epoch": self.epoch, "samples": self.samples, "minutes": self.minutes,
-                "lr": self.lr, "loss": mean_loss, "grad_norm": float(acc_gn) / acc_gn_n if acc_gn_n else None,
-            }
-            sps = o["batch_size"] * row_steps / max(tot_time / d.world, 1e-9)
-            row["samples_per_s"] = sps
-            last_loss = mean_loss
-            if d.main:
-                if (o["val_every"] and self.step % o["val_every"] == 0) or stopped:
-                    row["val_loss"], row["val_loss_raw"] = self._validate()
-                    if row["val_loss"] is not None:
-                        last_val = row["val_loss"]
-                if o["figure_members"] and ((o["figure_every"] and self.step % o["figure_every"] == 0) or stopped):
-                    row["spec_err"] = self._figure()
-                assert metrics is not None
-                metrics.write(row)
-                bar.set_postfix({"step": self.step, "loss": f"{mean_loss:.4g}", "samples/s": f"{sps:.0f}",
-                                 "min": f"{self.minutes:.1f}"}, refresh=False)
-            acc_loss.zero_()
-            acc_gn.zero_()
-            acc_n = acc_gn_n = 0
-            row_time, row_steps = 0.0, 0
-            due = (o["ckpt_every_steps"] and self.step % o["ckpt_every_steps"] == 0) or (
-                o["ckpt_every_minutes"] and self.minutes - self.saved_minutes >= o["ckpt_every_minutes"])
-            if due or stopped:
-                self._save()
-        bar.close()
+        try:
+            with stop_requests() as stop:
+                while stopped is None:
+                    stopped = self._iteration(batches, bar, metrics)
+                    self._poll(stop, stopped)  # the safe point: after an optimiser step and its row/checkpoint
+        finally:
+            bar.close()
+        last_loss, last_val, sps = self._last["loss"], self._last["val"], self._last["sps"]
         summary = self._summary(start_step, last_loss, last_val, sps, resumed)
         summary.update(trained=True, stopped=stopped)
         if d.main:
@@ -1293,11 +1384,122 @@ class _Trainer:
                   f"loss {last_loss:.4g}{val}; checkpoint {self.checkpoint}", flush=True)
         return summary
 
+    def _local_minutes(self) -> float:
+        return self._minutes0 + (time.perf_counter() - self._t_run) / 60.0
+
+    def _iteration(self, batches: Iterator[torch.Tensor], bar: Any, metrics: _Metrics | None) -> str | None:
+        """One optimiser step, then (at log steps and the end) a metrics row and a due checkpoint.
+
+        Returns the bound that ends the run (``"max_steps"``/``"max_minutes"``) or ``None``.
+        """
+        o, d = self.o, self.d
+        t0 = time.perf_counter()
+        x0 = next(batches)
+        self.batch_in_epoch += 1
+        self.step += 1
+        self.lr = o["lr"] * lr_factor(self.step, self._progress(), warmup_steps=o["warmup_steps"],
+                                      schedule=o["schedule"], final_ratio=o["final_lr_ratio"])
+        loss, gn = self._train_step(x0)
+        self.samples += o["batch_size"]
+        self._window.add(loss, gn, time.perf_counter() - t0)
+        local_minutes = self._local_minutes()
+        bar.n = round(100 * self._bar_progress(local_minutes), 1)
+        if self.step % 10 == 0:
+            bar.refresh()
+        if self.device.type == "cpu" and d.world == 1 and not math.isfinite(float(loss)):  # costs nothing on CPU
+            self._nonfinite(float(loss), metrics)
+        is_log = self.step % o["log_every"] == 0
+        max_steps_hit = o["max_steps"] is not None and self.step >= o["max_steps"]
+        if d.world == 1 or is_log or max_steps_hit:  # ranks agree on the time at log steps
+            self.minutes = d.max(local_minutes)
+        stopped = self._done()
+        if is_log or stopped:
+            self._row(metrics, bar, stopped)
+            due = (o["ckpt_every_steps"] and self.step % o["ckpt_every_steps"] == 0) or (
+                o["ckpt_every_minutes"] and self.minutes - self.saved_minutes >= o["ckpt_every_minutes"])
+            if due or stopped:
+                self._save()
+        return stopped
+
+    def _row(self, metrics: _Metrics | None, bar: Any, stopped: str | None) -> None:
+        """Reduce the window across ranks, check it, validate, draw a figure and write the metrics row."""
+        o, d, w = self.o, self.d, self._window
+        tot_loss, tot_n, tot_time = d.sum([float(w.loss), w.n, w.time])
+        mean_loss = tot_loss / max(tot_n, 1)
+        if not math.isfinite(mean_loss):
+            self._nonfinite(mean_loss, metrics)
+        row: dict[str, Any] = {
+            "step": self.step, "epoch": self.epoch, "samples": self.samples, "minutes": self.minutes,
+            "lr": self.lr, "loss": mean_loss, "grad_norm": float(w.gn) / w.gn_n if w.gn_n else None,
+        }
+        sps = o["batch_size"] * w.steps / max(tot_time / d.world, 1e-9)
+        row["samples_per_s"] = sps
+        self._last.update(loss=mean_loss, sps=sps)
+        w.reset()
+        if not d.main:
+            return
+        try:
+            if (o["val_every"] and self.step % o["val_every"] == 0) or stopped:
+                row["val_loss"], row["val_loss_raw"] = self._validate()
+                if row["val_loss"] is not None:
+                    self._last["val"] = row["val_loss"]
+            if o["figure_members"] and ((o["figure_every"] and self.step % o["figure_every"] == 0) or stopped):
+                row["spec_err"] = self._figure()
+            assert metrics is not None
+            metrics.write(row)
+        except OSError as exc:  # disk full: the ranks stop together at the next safe point (see _poll)
+            if exc.errno is None:
+                raise
+            self._fault = self._fault or exc
+        bar.set_postfix({"step": self.step, "loss": f"{mean_loss:.4g}", "samples/s": f"{sps:.0f}",
+                         "min": f"{self.minutes:.1f}"}, refresh=False)
+
+    # -- stopping at a safe point ---------------------------------------------------------------------------------
+
+    def _poll(self, stop: StopRequest, stopped: str | None) -> None:
+        """All ranks vote on stopping: a disk fault of rank 0 ends the job, a signal checkpoints and interrupts.
+
+        A signal that arrives in the last step of a run changes nothing: the run ends normally with its checkpoint.
+        """
+        code = self.d.agree(_FAULT if self._fault is not None else _SIGNAL_CODE.get(stop.signal or "", 0))
+        if code == _FAULT:
+            raise self._fault_error()
+        if code and stopped is None:
+            self._interrupt(_SIGNAL_NAME[code])
+
+    def _interrupt(self, signame: str) -> None:
+        """Write a checkpoint of the current step (unless it has one) and raise :class:`Interrupted`."""
+        self.minutes = self.d.max(self._local_minutes())
+        if self.checkpoint is None or self.saved_step != self.step:
+            self._save()
+        if self.d.agree(_FAULT if self._fault is not None else 0) == _FAULT:
+            raise self._fault_error()
+        where = self.checkpoint if self.d.main else f"{self.run_dir} by rank 0"
+        if self.d.main:
+            logger.info("%s at step %d: checkpoint written to %s", signame, self.step, where)
+        raise Interrupted(f"interrupted ({signame}); checkpoint step {self.step} written to {where}, rerun the "
+                          "same command to resume")
+
+    def _fault_error(self) -> TrainError:
+        """The one-line error of a failed write of rank 0, naming the file and the checkpoint that stays usable."""
+        if self._fault is None:  # another rank's view: rank 0 prints the details
+            return _DiskFault(f"training stopped at step {self.step}: rank 0 could not write to {self.run_dir} "
+                              "(see its message); rerun the same command to resume from the last checkpoint")
+        exc = self._fault
+        if self.checkpoint is not None:
+            kept = f"the last complete checkpoint, step {self.saved_step} ({self.checkpoint}), stays usable"
+        else:
+            kept = "no checkpoint was written yet"
+        fix = "once there is room" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "once it can be written"
+        return _DiskFault(f"{os_error_line(exc)}; training stopped at step {self.step}; {kept}: rerun the same "
+                          f"command {fix} to resume")
+
     def _nonfinite(self, value: float, metrics: _Metrics | None) -> None:
         good = f"the last good checkpoint is {self.checkpoint}" if self.checkpoint else "no checkpoint was saved"
         if metrics is not None:
-            metrics.write({"step": self.step, "epoch": self.epoch, "samples": self.samples, "minutes": self.minutes,
-                           "lr": self.lr, "loss": value})
+            with contextlib.suppress(OSError):  # the loss is the news; a full disk would hide it
+                metrics.write({"step": self.step, "epoch": self.epoch, "samples": self.samples,
+                               "minutes": self.minutes, "lr": self.lr, "loss": value})
         raise TrainError(f"the loss became {value} at step {self.step} (lr {self.lr:.3g}): training stopped without "
                          f"saving this state; {good} (lower train.lr, raise train.warmup_steps or check the data)")
 

@@ -1,0 +1,328 @@
+"""The ensemble store as the generate pipeline plans it: output paths checked before any work, the store
+created or checked (identity, lock, missing arrays, unreadable chunks) and the chunks this process still owns.
+
+Part of :mod:`sciencegen.pipelines.generate` (split out to keep one concern per module); the on-disk
+mechanics (create, lock, write a chunk, read flags) are :mod:`sciencegen.data.ensemble`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from ..data.ensemble import (
+    ATTR,
+    FORMAT_VERSION,
+    StoreLock,
+    completed_members,
+    create_store,
+    is_zarr,
+    read_meta,
+    repair_arrays,
+    set_flags,
+    unreadable_chunks,
+)
+from ..errors import SciencegenError, os_error_line
+from ..models.checkpoint import _first_difference, _normalise
+from .train import _plain
+
+if TYPE_CHECKING:
+    from .generate import ModelInfo
+
+log = logging.getLogger("sciencegen.pipelines.generate")
+
+__all__ = [
+    "GenerateError",
+    "Plan",
+    "chunk_ranges",
+    "export_netcdf",
+    "parse_shard",
+    "shard_chunks",
+    "store_attrs",
+    "template",
+]
+
+
+class GenerateError(SciencegenError):
+    """Generation cannot start or continue; the message is one line meant for the user."""
+
+
+def parse_shard(spec: Any, env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(index, count)`` of this process's shard.
+
+    Parameters
+    ----------
+    spec
+        ``"i/n"`` (0-based ``i < n``), or ``None`` to take ``SLURM_ARRAY_TASK_ID`` /
+        ``SLURM_ARRAY_TASK_COUNT`` from ``env`` (the index relative to ``SLURM_ARRAY_TASK_MIN``; not inside a
+        Hydra submitit sweep, whose array tasks are different configs), else ``0/1``.
+    env
+        Environment (default ``os.environ``).
+
+    Raises
+    ------
+    GenerateError
+        A malformed spec, ``n < 1`` or ``i`` outside ``0..n-1``.
+    """
+    env = os.environ if env is None else env
+    if spec is None or str(spec).strip() == "":
+        # a job array of hydra-submitit-launcher is a sweep (one config per task), not shards of one store
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env and "SUBMITIT_EXECUTOR" not in env:
+            try:
+                task, count = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+                first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            except ValueError:
+                raise GenerateError("SLURM_ARRAY_TASK_ID/COUNT/MIN are not integers") from None
+            index = task - first
+            if not 0 <= index < count:
+                raise GenerateError(f"SLURM array task {task} (min {first}) is outside a {count}-task array: "
+                                    "use a contiguous --array range, or set generate.shard=i/n")
+            return index, count
+        return 0, 1
+    text = str(spec).strip()
+    parts = text.split("/")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        index, count = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise GenerateError(f"generate.shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise GenerateError(f"generate.shard={text}: need 0 <= i < n (shards are numbered from 0)")
+    return index, count
+
+
+def chunk_ranges(members: int, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the store's chunks along ``member``."""
+    return [(a, min(a + chunk, members)) for a in range(0, members, chunk)]
+
+
+def shard_chunks(n_chunks: int, index: int, count: int) -> range:
+    """The contiguous chunk indices shard ``index`` of ``count`` owns (as equal as possible; may be empty)."""
+    return range(index * n_chunks // count, (index + 1) * n_chunks // count)
+
+
+@dataclass
+class Plan:
+    """What this process generates: the store, its chunks, and the ones it owns and still has to do."""
+
+    path: Path | None
+    members: int
+    chunk: int
+    chunks: list[tuple[int, int]]
+    owned: list[int]
+    todo: list[int]
+    created: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+    lock: StoreLock | None = None
+
+
+def template(info: ModelInfo, coords: dict[str, Any], var_attrs: dict[str, dict], members: int, chunk: int,
+              attrs: dict[str, Any]) -> xr.Dataset:
+    import dask.array as da
+
+    shape = (members, *info.field_shape)
+    data: dict[str, Any] = {}
+    for v in info.variables:
+        data[v] = (("member", *info.field_dims), da.zeros(shape, chunks=(chunk, *info.field_shape), dtype="f4"),
+                   var_attrs.get(v, {}))
+    data["rounds"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+                      {"long_name": "sequential denoiser rounds of the batch that produced the member"})
+    data["nfe"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+                   {"long_name": "denoiser evaluations spent on the member"})
+    data["complete"] = (("member",), da.zeros(members, chunks=chunk, dtype=bool),
+                        {"long_name": "member written completely (incomplete members read as NaN)"})
+    coords = dict(coords)
+    coords["member"] = ("member", np.arange(members), {"long_name": "ensemble member (depends only on seed, index)"})
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
+                       lock: StoreLock | None) -> dict[str, Any] | None:
+    """The existing store's metadata when it holds this ensemble; None when the path is free (or overwritten).
+
+    Overwriting needs ``lock`` exclusively: a store that another job is writing is never deleted.
+    """
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise GenerateError(f"output.path {path} is a file, not a Zarr store: choose another output.path")
+    if not path.exists():
+        return None
+    if not is_zarr(path):
+        if any(path.iterdir()):
+            raise GenerateError(f"output.path {path} is a non-empty directory that is not a Zarr store: "
+                                "choose another output.path")
+        return None
+    meta = read_meta(path)
+    if meta is None:
+        raise GenerateError(f"output.path {path} is a Zarr store not written by sciencegen-generate: "
+                            "it is never overwritten; choose another output.path")
+    diff = _first_difference(meta.get("identity"), _normalise(identity), "")
+    if diff is None:
+        return meta
+    at, was, now = diff
+    if not overwrite:
+        raise GenerateError(f"output.path {path} holds an ensemble of another config ({at.lstrip('.')}: "
+                            f"{json.dumps(was)} in the store, {json.dumps(now)} now); rerun with that "
+                            "config, choose another output.path, or set output.overwrite=true")
+    if lock is None or not lock.exclusive():
+        raise GenerateError(f"output.path {path} is being written by another sciencegen-generate job (it holds "
+                            f"{lock.file if lock else 'the lock'}): output.overwrite=true would delete its members; "
+                            "wait for it or stop it, then rerun")
+    shutil.rmtree(path)
+    return None
+
+
+def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Export a finished ensemble store to one netCDF file (written to a temporary name, then renamed)."""
+    out = Path(out)
+    ds = xr.open_zarr(str(path))
+    if not bool(ds["complete"].all()):
+        raise GenerateError(f"{path} is not complete: finish the ensemble before exporting it to netCDF")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    enc = {v: {"zlib": True, "complevel": 1} for v in ds.data_vars if ds[v].dtype.kind == "f"}
+    try:
+        ds.to_netcdf(tmp, encoding=enc)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return out
+
+
+def _make_parent(path: Path, key: str) -> None:
+    """Create the parent directory of ``path``; one line naming the culprit when a parent is a file."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise GenerateError(f"{key} {path}: a parent of it is a file, not a directory ({blocker})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if not path.parent.is_dir():
+            raise GenerateError(f"{key} {path}: cannot create its directory: "
+                                f"{os_error_line(exc).split(': ', 1)[-1]}") from None
+
+
+def _check_netcdf(target: Any) -> None:
+    """``output.netcdf`` must be a writable file path: checked before any work (its parent is created)."""
+    if not target:
+        return
+    out = Path(str(target)).expanduser()
+    if out.is_dir():
+        raise GenerateError(f"output.netcdf {out} is a directory: give a file name, e.g. {out / 'ensemble.nc'}")
+    _make_parent(out, "output.netcdf")
+    if not os.access(out.parent, os.W_OK):
+        raise GenerateError(f"output.netcdf {out}: its directory {out.parent} is not writable")
+
+
+def _lock(path: Path) -> tuple[StoreLock | None, OSError | None]:
+    """Hold the store's lock shared (creating the parent directory); ``(None, why)`` where nothing can be written."""
+    _make_parent(path, "output.path")
+    lock = StoreLock(path)
+    try:
+        lock.shared()
+    except OSError as exc:  # a read-only or full filesystem: fine as long as there is nothing to write
+        return None, exc
+    return lock, None
+
+
+def store_attrs(meta: dict[str, Any], identity: dict[str, Any], info: ModelInfo, cfg: Any,
+                 resolved: dict[str, Any], version: str) -> dict[str, Any]:
+    return {
+        ATTR: json.dumps(meta, sort_keys=True, default=str),
+        "Conventions": "CF-1.8",
+        "title": f"{identity['dataset'].get('name', 'dataset')} ensemble from sciencegen",
+        "source": f"sciencegen {version}",
+        "history": f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
+                   f"sciencegen-generate {identity['sampler']['name']}",
+        "sampler": identity["sampler"]["name"],
+        "sampler_steps": identity["sampler"]["steps"],
+        "sampler_options": json.dumps({k: v for k, v in resolved.items() if not _inf(v)}, sort_keys=True,
+                                      default=str),
+        "model": json.dumps(info.identity, sort_keys=True),
+        "seed": identity["seed"],
+        "sciencegen_version": version,
+        "config": json.dumps(_plain(cfg), sort_keys=True, default=str),
+    }
+
+
+def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
+          make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
+          verify: bool) -> Plan:
+    """Create or check the store, lock it when this job will write, and list the chunks still to do."""
+    if path is None:
+        ranges = chunk_ranges(members, chunk)
+        owned = list(shard_chunks(len(ranges), index, count))
+        return Plan(None, members, chunk, ranges, owned, list(owned))
+    lock, why = _lock(path)
+    try:
+        return _plan_store(path, lock, why, index, count, members, chunk, batch, identity, make_template, variables,
+                           overwrite, verify)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: int, count: int, members: int,
+                chunk: int, batch: int, identity: dict[str, Any], make_template: Callable[..., xr.Dataset],
+                variables: tuple[str, ...], overwrite: bool, verify: bool) -> Plan:
+    meta = _check_output_path(path, identity, overwrite, lock)
+    created = False
+    if meta is None:
+        if lock is None:
+            raise GenerateError(os_error_line(why, str(path)))
+        meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk, "batch_size": batch,
+                "store_id": uuid.uuid4().hex}
+        try:
+            created = create_store(path, make_template(meta, chunk), variables)
+        except OSError as exc:
+            raise GenerateError(os_error_line(exc, str(path))) from None
+        lock.shared()  # after an overwrite: back from exclusive
+        if not created:
+            meta = _check_output_path(path, identity, False, None)
+    # the store's chunks are the unit of work (a rerun with another batch size keeps them)
+    chunk = int(meta.get("chunk", chunk))
+    plan = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock)
+    plan.owned = list(shard_chunks(len(plan.chunks), index, count))
+    plan.todo = _todo(plan, make_template(meta, chunk), variables, verify)
+    if plan.todo and lock is None:
+        done = int(completed_members(path, members).sum())
+        raise GenerateError(f"{os_error_line(why, str(path))}; {len(plan.todo)} chunk(s) to write, "
+                            f"{done}/{members} members complete are kept")
+    return plan
+
+
+def _todo(plan: Plan, template: xr.Dataset, variables: tuple[str, ...], verify: bool) -> list[int]:
+    """The owned chunks not complete; repairs missing arrays and (``verify``) unreadable chunks first."""
+    path, ranges = plan.path, plan.chunks
+    if plan.lock is not None:
+        for name in repair_arrays(path, template, variables):
+            log.warning("%s: the %s array was missing; recreated (its members are regenerated)", path, name)
+    flags = completed_members(path, plan.members)
+    todo = [c for c in plan.owned if not flags[ranges[c][0]:ranges[c][1]].all()]
+    if verify:
+        done = [c for c in plan.owned if c not in todo]
+        for c, why in unreadable_chunks(path, ranges, done, variables).items():
+            log.warning("%s: members %d..%d flagged complete but unreadable (%s); regenerating them",
+                        path, ranges[c][0], ranges[c][1] - 1, why)
+            if plan.lock is not None:
+                set_flags(str(path), ranges[c][0], ranges[c][1], False)
+            todo.append(c)
+    return sorted(todo)
+
+
+def _inf(v: Any) -> bool:
+    return isinstance(v, float) and not math.isfinite(v)

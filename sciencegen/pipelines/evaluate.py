@@ -3,7 +3,10 @@
 The samples are the *complete* members of a store written by ``sciencegen-generate`` (dim ``member`` plus the
 dataset's field dims, one float32 variable per physical variable, per-member ``complete``/``rounds``/``nfe``);
 incomplete members (a store still being written, or an unfinished shard) are excluded and counted, never
-averaged in. The reference is
+averaged in. So are complete members whose chunks cannot be decoded or hold non-finite values (a damaged
+store: :func:`unreadable_members` reads each chunk once first; the warning names them and the repair,
+``generate.verify=true``). ``output.dir`` is probed before any work and the outputs are written atomically,
+``metrics.json`` last; SIGINT / SIGTERM stop the evaluation with one line. The reference is
 
 * ``exact`` (analytic datasets such as ``grf``): the exact per-mode variance of the law radially averaged in
   the same shells as the sample spectrum, plus exact reference samples for the histograms, the correlation and
@@ -27,11 +30,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +46,11 @@ import numpy as np
 import xarray as xr
 
 from ..data.fields import DataError
-from ..errors import SciencegenError
+from ..errors import Interrupted, SciencegenError, os_error_line
 from .data import dataset_config, make_source
 
 __all__ = ["EXACT_VALUES", "EvaluateError", "TASK_BYTES", "exact_spectrum", "format_summary", "open_ensemble",
-           "run_evaluate"]
+           "run_evaluate", "unreadable_members"]
 
 #: target size of one Dask task's float32 fields (the store's chunks are split or merged to about this)
 TASK_BYTES = 16 << 20
@@ -54,6 +60,8 @@ EXACT_VALUES = 1 << 26
 W1_BINS = 4096
 FIGURES = ("samples.png", "spectrum.png", "histogram.png", "correlation.png")
 _BOOKKEEPING = ("complete", "rounds", "nfe")
+
+log = logging.getLogger(__name__)
 
 
 class EvaluateError(SciencegenError):
@@ -208,16 +216,17 @@ def open_ensemble(path: str | os.PathLike, what: str = "samples.path") -> Ensemb
     Raises
     ------
     EvaluateError
-        Missing path, not a Zarr store, unreadable, no ``member`` dim, or no field variable.
+        Missing path, not a Zarr store, corrupt metadata, unreadable, no ``member`` dim, or no field variable.
     """
-    from .generate import _is_zarr, _read_meta, completed_members
+    from ..data.ensemble import completed_members, is_zarr
 
     p = Path(str(path)).expanduser()
     if not p.exists():
         raise EvaluateError(f"{what} {p}: no such store (write one with sciencegen-generate ... output.path={p})")
-    if not _is_zarr(p):
+    if not is_zarr(p):
         kind = "a file" if p.is_file() else "a directory without Zarr metadata"
         raise EvaluateError(f"{what} {p} is not a Zarr store ({kind})")
+    _check_metadata(p, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -232,14 +241,53 @@ def open_ensemble(path: str | os.PathLike, what: str = "samples.path") -> Ensemb
     if not variables:
         raise EvaluateError(f"{what} {p} holds no field variable over (member, ...) (variables {list(ds.data_vars)})")
     n = int(ds.sizes["member"])
+    flags = np.ones(n, dtype=bool)
     if "complete" in ds.data_vars and n:
+        flags = completed_members(p, n)  # unreadable chunks of the flags count as incomplete
+    return Ensemble(p, ds, flags, _store_meta(p, what), variables)
+
+
+#: the JSON metadata files of a Zarr store (v3, then v2), at its root and in each array
+_METADATA = ("zarr.json", ".zmetadata", ".zgroup", ".zattrs", ".zarray")
+
+
+def _check_metadata(p: Path, what: str) -> None:
+    """Raise a one-line "is corrupt" error when a metadata file of the store (root or array) is not valid JSON."""
+    redo = ("move it away (or delete it) and rerun the sciencegen-generate command that wrote it to regenerate "
+            "the ensemble")
+    for f in _METADATA:
         try:
-            flags = completed_members(p, n)
-        except Exception:
-            flags = np.asarray(ds["complete"].values, dtype=bool)
-    else:
-        flags = np.ones(n, dtype=bool)
-    return Ensemble(p, ds, flags, _read_meta(p), variables)
+            text = (p / f).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise EvaluateError(f"{what} {p}: cannot read its root metadata {f}: {exc.strerror or exc}") from None
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            why = "it is empty" if not text.strip() else f"{_short(exc)}, {len(text)} bytes"
+            raise EvaluateError(f"{what} {p} is corrupt (its root metadata {f} cannot be read: {why}); "
+                                f"{redo}") from None
+    for sub in sorted(q for q in p.iterdir() if q.is_dir()):
+        for f in _METADATA:
+            q = sub / f
+            if not q.is_file():
+                continue
+            try:
+                json.loads(q.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise EvaluateError(f"{what} {p} is corrupt (the metadata {sub.name}/{f} cannot be read: "
+                                    f"{_short(exc)}); {redo}") from None
+
+
+def _store_meta(p: Path, what: str) -> dict[str, Any] | None:
+    """The store's ``sciencegen_ensemble`` description (None: a Zarr store not written by sciencegen-generate)."""
+    from ..data.ensemble import read_meta
+
+    try:
+        return read_meta(p)
+    except SciencegenError as exc:  # the description exists but is garbled
+        raise EvaluateError(f"{what} {exc}") from None
 
 
 def _complete_members(ds: xr.Dataset, flags: np.ndarray, variables: Sequence[str]) -> xr.Dataset:
@@ -249,6 +297,141 @@ def _complete_members(ds: xr.Dataset, flags: np.ndarray, variables: Sequence[str
     if len(runs) == 1:
         return sub.isel(member=slice(*runs[0]))
     return xr.concat([sub.isel(member=slice(a, b)) for a, b in runs], dim="member")
+
+
+# --------------------------------------------------------------------------------------------- readability
+
+
+def _nonfinite(arr: Any, axis: int, a: int, b: int) -> np.ndarray:
+    """Per member of ``a..b-1``: whether its field holds a non-finite value (missing chunks read as NaN)."""
+    sel = [slice(None)] * arr.ndim
+    sel[axis] = slice(a, b)
+    x = np.moveaxis(np.asarray(arr[tuple(sel)]), axis, 0).reshape(b - a, -1)
+    return ~np.isfinite(x).all(axis=1)
+
+
+def _scan_members(path: str, var: str, axis: int, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """Unreadable members of ``var`` in consecutive member chunks ``ranges``: ``[(start, stop, why), ...]``.
+
+    The chunks are read in one call (Zarr decodes them concurrently); only when that fails is each chunk read
+    alone, so that a chunk that cannot be decoded marks exactly its own members.
+    """
+    import zarr
+
+    arr = zarr.open_array(path, path=var, mode="r")
+    start, stop = ranges[0][0], ranges[-1][1]
+    bad: list[tuple[int, int, str]] = []
+    try:
+        masks = [(start, _nonfinite(arr, axis, start, stop))]
+    except Exception:  # a truncated or garbled chunk: any codec (or I/O) error
+        masks = []
+        for a, b in ranges:
+            try:
+                masks.append((a, _nonfinite(arr, axis, a, b)))
+            except Exception as exc:
+                bad.append((a, b, f"chunk cannot be decoded: {_short(exc)}"))
+    for first, mask in masks:
+        bad += [(first + a, first + b, "missing chunk or non-finite values") for a, b in _runs(mask)]
+    return bad
+
+
+def _scan_tasks(ens: Ensemble, var: str, flags: np.ndarray) -> list[tuple[str, str, int, list[tuple[int, int]]]]:
+    """Read tasks of about :data:`TASK_BYTES` over the member chunks of ``var`` holding a member of ``flags``."""
+    da = ens.ds[var]
+    axis = da.dims.index("member")
+    n = int(da.sizes["member"])
+    stored = da.encoding.get("chunks")  # the store's chunks (Dask's may have been merged or split)
+    if stored and len(stored) == da.ndim:
+        step = int(stored[axis])
+    else:
+        step = int(da.chunksizes["member"][0]) if da.chunks is not None and n else max(n, 1)
+    per = max(1, TASK_BYTES // max(1, step * int(np.prod([s for d, s in da.sizes.items() if d != "member"])) * 4))
+    tasks: list[tuple[str, str, int, list[tuple[int, int]]]] = []
+    group: list[tuple[int, int]] = []
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        if not flags[a:b].any() or len(group) >= per:
+            if group:
+                tasks.append((str(ens.path), var, axis, group))
+            group = []
+        if flags[a:b].any():
+            group.append((a, b))
+    if group:
+        tasks.append((str(ens.path), var, axis, group))
+    return tasks
+
+
+def unreadable_members(ens: Ensemble, variables: Sequence[str], flags: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The members flagged in ``flags`` whose data cannot be read: ``{variable: {why: member mask}}``.
+
+    Every member chunk of each variable that holds a flagged member is read and decoded once, in tasks of
+    about :data:`TASK_BYTES` on the active Dask scheduler (about 2 % of the evaluation's time). A chunk that
+    cannot be decoded (truncated, garbled, unreadable file) marks its members; so does a non-finite value in
+    a member (a chunk file missing while its members are flagged complete reads as the fill value NaN).
+    Variables with nothing unreadable are left out.
+
+    Parameters
+    ----------
+    ens
+        The store.
+    variables
+        The field variables to check.
+    flags
+        Members to check (the complete ones).
+    """
+    import dask
+
+    tasks = [t for v in variables for t in _scan_tasks(ens, v, flags)]
+    found = dask.compute(*[dask.delayed(_scan_members, pure=False)(*t) for t in tasks]) if tasks else ()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for (_, var, _, _), bad in zip(tasks, found, strict=True):
+        for a, b, why in bad:
+            mask = out.setdefault(var, {}).setdefault(why, np.zeros(flags.size, dtype=bool))
+            mask[a:b] |= flags[a:b]
+    return {v: {w: m for w, m in d.items() if m.any()} for v, d in out.items() if any(m.any() for m in d.values())}
+
+
+def _members_text(mask: np.ndarray) -> str:
+    """``members 24..31, 40..47`` (inclusive ranges) or ``member 5``."""
+    runs = _runs(mask)
+    text = ", ".join(f"{a}..{b - 1}" if b - a > 1 else f"{a}" for a, b in runs)
+    return f"member {text}" if len(runs) == 1 and runs[0][1] - runs[0][0] == 1 else f"members {text}"
+
+
+def _unreadable_line(ens: Ensemble, what: str, bad: dict[str, dict[str, np.ndarray]], verdict: str) -> str:
+    """One line: which complete members of which variables cannot be read and why, ``verdict``, and the repair."""
+    masks = [m for d in bad.values() for m in d.values()]
+    union = np.logical_or.reduce(masks)
+    parts = [f"{_members_text(m)} of {v} ({why})" for v, d in bad.items() for why, m in d.items()]
+    line = (f"{what} {ens.path}: {int(union.sum())} of its {int(ens.complete.sum())} complete members cannot be "
+            f"read: {', '.join(parts)}; {verdict}")
+    if ens.meta is None:
+        return line + " (the store was not written by sciencegen-generate: repair or rewrite it)"
+    return (line + "; to repair the store, rerun the same sciencegen-generate command with generate.verify=true "
+            f"to regenerate {_members_text(union)}")
+
+
+def _readable(ens: Ensemble, variables: Sequence[str], what: str) -> tuple[np.ndarray, dict[str, Any], str | None]:
+    """The complete members whose data can be read, what is unreadable (for metrics.json), and the warning line.
+
+    Raises
+    ------
+    EvaluateError
+        Fewer than 2 readable complete members are left.
+    """
+    bad = unreadable_members(ens, variables, ens.complete)
+    if not bad:
+        return ens.complete, {"unreadable": 0, "unreadable_members": {}}, None
+    per_var = {v: np.logical_or.reduce(list(d.values())) for v, d in bad.items()}
+    union = np.logical_or.reduce(list(per_var.values()))
+    keep = ens.complete & ~union
+    info = {"unreadable": int(union.sum()),
+            "unreadable_members": {v: [[a, b - 1] for a, b in _runs(m)] for v, m in per_var.items()}}
+    left = int(keep.sum())
+    if left < 2:
+        raise EvaluateError(_unreadable_line(ens, what, bad, f"only {left} readable complete member(s) are left, "
+                                             "the ensemble statistics need at least 2"))
+    return keep, info, _unreadable_line(ens, what, bad, "they are excluded")
 
 
 def exact_spectrum(target: Any, shape: Sequence[int]) -> np.ndarray:
@@ -389,6 +572,7 @@ def _store_reference(path: str, variables: Sequence[str], cap: int | None) -> Si
     from ..data.store import open_prepared, read_metadata
 
     p = Path(path).expanduser()
+    warning = None
     if p.exists() and read_metadata(p) is not None:
         try:
             prepared = open_prepared(p)
@@ -409,16 +593,22 @@ def _store_reference(path: str, variables: Sequence[str], cap: int | None) -> Si
             raise EvaluateError(f"reference.source {p} has no variable(s) {missing} (it has {list(ens.variables)})")
         if not ens.complete.any():
             raise EvaluateError(f"reference.source {p}: none of its {ens.complete.size} members is complete")
-        sub = _complete_members(ens.ds, ens.complete, variables).rename({"member": "sample"})
+        keep, _, line = _readable(ens, variables, "reference.source")
+        if line:
+            log.warning(line)
+            warning = line
+        sub = _complete_members(ens.ds, keep, variables).rename({"member": "sample"})
         field_dims = tuple(d for d in sub[variables[0]].dims if d != "sample")
         data = {v: sub[v].transpose("sample", *field_dims) for v in variables}
-        desc = f"ensemble store {p} ({int(ens.complete.sum())} complete members)"
+        desc = f"ensemble store {p} ({int(keep.sum())} readable complete members)"
     shape = tuple(int(next(iter(data.values())).sizes[d]) for d in field_dims)
     task = _task_members(shape)
     data = {v: _rechunk(da.isel(sample=slice(0, cap)) if cap is not None else da, "sample", task)
             for v, da in data.items()}
     count = int(next(iter(data.values())).sizes["sample"])
     info = {"source": "store", "store": str(p), "samples": count, "description": desc}
+    if warning:
+        info["warning"] = warning
     return Side("store", "reference store", "sample", data, field_dims, count, info)
 
 
@@ -605,9 +795,8 @@ def _variable_metrics(v: str, c: dict[str, Any], samples: Side, ref: Side, exact
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    """Write the figure as PNG to ``path`` (a hidden temporary file of :func:`_write_outputs`)."""
+    fig.savefig(path, dpi=110, format="png")
 
 
 def _plot_samples(path: Path, panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], ref_label: str,
@@ -772,8 +961,10 @@ def _report(result: dict[str, Any], figures: list[str]) -> str:
     lines.append(f"{result['created']} · sciencegen {result['version']} · {result['seconds']:.1f} s · "
                  f"{result['scheduler']}")
     lines += ["", "## Data", ""]
-    lines.append(f"* **samples**: `{s['path']}` — {s['complete']} of {s['members']} members complete"
-                 + (f" ({s['incomplete']} incomplete: excluded)" if s["incomplete"] else "")
+    excluded = ([f"{s['incomplete']} incomplete"] if s["incomplete"] else []) + (
+        [f"{s['unreadable']} complete but unreadable"] if s.get("unreadable") else [])
+    lines.append(f"* **samples**: `{s['path']}` — {s.get('evaluated', s['complete'])} of {s['members']} members "
+                 "evaluated" + (f" ({', '.join(excluded)}: excluded)" if excluded else "")
                  + f"; model {s.get('model') or '?'}, sampler {s.get('sampler') or '?'} "
                  f"({s.get('sampler_steps') or '?'} steps), seed {s.get('seed')}")
     lines.append(f"* **reference** ({ref['source']}): {ref['description']}")
@@ -828,8 +1019,8 @@ def _report(result: dict[str, Any], figures: list[str]) -> str:
 def format_summary(result: Mapping[str, Any]) -> str:
     """The printed summary of :func:`run_evaluate`'s result."""
     s, ref = result["samples"], result["reference"]
-    lines = [f"evaluated {s['complete']} members of {s['path']} against the {ref['source']} reference "
-             f"({ref['samples']} samples) in {result['seconds']:.1f} s"]
+    lines = [f"evaluated {s.get('evaluated', s['complete'])} members of {s['path']} against the {ref['source']} "
+             f"reference ({ref['samples']} samples) in {result['seconds']:.1f} s"]
     for w in result.get("warnings", []):
         lines.append(f"  note: {w}")
     for v, m in result["variables"].items():
@@ -892,6 +1083,148 @@ def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
     return n
 
 
+@dataclass
+class _Options:
+    """The checked options of one evaluation."""
+
+    store: str
+    want: Any
+    source: str
+    cap: int | None
+    holdout: float
+    bins: int
+    max_lag: int | None
+    panel: int
+    figures: bool
+    data_root: str
+    out_dir: Path
+    overwrite: bool
+    dask: Any
+    threads: Any
+
+
+def _options(cfg: Any) -> _Options:
+    """Read and check the options (one-line errors); nothing is read or written yet."""
+    store_path = _get(cfg, "samples.path")
+    if not store_path:
+        raise EvaluateError("samples.path is required (e.g. samples.path=runs/generate/grf.zarr)")
+    cap = _get(cfg, "reference.members")
+    max_lag = _get(cfg, "evaluate.max_lag")
+    return _Options(
+        store=str(store_path), want=_get(cfg, "samples.variables"),
+        source=str(_get(cfg, "reference.source", "auto") or "auto"),
+        cap=None if cap is None else _positive_int(cap, "reference.members"),
+        holdout=float(_get(cfg, "reference.holdout", 0.1)),
+        bins=_positive_int(_get(cfg, "evaluate.bins", 64), "evaluate.bins"),
+        max_lag=None if max_lag is None else _positive_int(max_lag, "evaluate.max_lag", 0),
+        panel=_positive_int(_get(cfg, "evaluate.panel", 4), "evaluate.panel"),
+        figures=bool(_get(cfg, "evaluate.figures", True)), data_root=str(_get(cfg, "data_root", "data")),
+        out_dir=_output_dir({"dir": _get(cfg, "output.dir")}), overwrite=bool(_get(cfg, "output.overwrite", False)),
+        dask=_get(cfg, "evaluate.dask"), threads=_get(cfg, "evaluate.threads"))
+
+
+# --------------------------------------------------------------------------------------------- output.dir
+
+
+def _out_line(path: Path, exc: OSError) -> str:
+    """``cannot write PATH: the disk is full`` for ``exc`` met while writing ``path`` (or a file in it)."""
+    return os_error_line(OSError(exc.errno, exc.strerror, str(path)))
+
+
+def _prepare_output(out_dir: Path, overwrite: bool) -> list[Path]:
+    """Check before any work that ``output.dir`` can take the outputs; returns the directories it created.
+
+    The directory is created and a small probe file is written in it and removed, so a read-only or full
+    filesystem, a parent that is a file, or a missing permission is one line before anything is computed.
+    """
+    if (out_dir / "metrics.json").exists() and not overwrite:
+        raise EvaluateError(f"output.dir {out_dir} already holds an evaluation (metrics.json); choose another "
+                            "output.dir or set output.overwrite=true")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluateError(f"output.dir {out_dir} is a file, not a directory")
+    missing = []
+    for d in (out_dir, *out_dir.parents):
+        if d.exists():
+            if not d.is_dir():
+                raise EvaluateError(f"output.dir {out_dir}: {d} is a file, not a directory; choose another "
+                                    "output.dir")
+            break
+        missing.append(d)
+    probe = out_dir / f".probe-{os.getpid()}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)  # a full filesystem refuses the first block
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        _remove_dirs(missing)
+        raise EvaluateError(f"output.dir: {_out_line(out_dir, exc)}; nothing was evaluated (choose another "
+                            "output.dir)") from None
+    probe.unlink()
+    return missing
+
+
+def _remove_dirs(dirs: Sequence[Path]) -> None:
+    """Remove the directories ``dirs`` (deepest first) where they are still empty."""
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _write_outputs(out_dir: Path, writers: Mapping[str, Any]) -> None:
+    """Write each output with ``writers[name](tmp_path)`` to a hidden file, then rename all into place.
+
+    ``metrics.json`` (the last name) marks a finished evaluation. A failure (disk full, read-only, an
+    interrupt) removes the hidden files: ``output.dir`` never holds a half-written output, and an earlier
+    evaluation there stays whole.
+    """
+    tmps = {name: out_dir / f".{name}.tmp-{os.getpid()}" for name in writers}
+    name = ""
+    try:
+        for name, write in writers.items():
+            write(tmps[name])
+        for name in writers:
+            os.replace(tmps[name], out_dir / name)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise EvaluateError(f"{_out_line(out_dir / name, exc)}; no metrics.json was written (what {out_dir} "
+                            "held before is unchanged): free space or choose another output.dir") from None
+    finally:
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during an evaluation (SIGINT raises :class:`KeyboardInterrupt` by itself)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` in the main thread for the block, as SIGINT does KeyboardInterrupt.
+
+    The evaluation holds no state worth a safe point (nothing is written before the end, atomically), so it
+    stops at once: Dask's waiting main thread is interrupted and the tasks in flight are abandoned.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_evaluate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     """The ``sciencegen-evaluate`` job.
 
@@ -909,53 +1242,47 @@ def run_evaluate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     Raises
     ------
     EvaluateError, DataError
-        Bad input, with a one-line message.
+        Bad input, an unusable ``output.dir``, or no readable complete members, with a one-line message.
+    Interrupted
+        SIGINT / SIGTERM: the evaluation stopped; no ``metrics.json`` was written.
     """
-    from .. import __version__
-
     t0 = time.perf_counter()
-    store_path = _get(cfg, "samples.path")
-    if not store_path:
-        raise EvaluateError("samples.path is required (e.g. samples.path=runs/generate/grf.zarr)")
-    want = _get(cfg, "samples.variables")
-    source_opt = str(_get(cfg, "reference.source", "auto") or "auto")
-    cap = _get(cfg, "reference.members")
-    cap = None if cap is None else _positive_int(cap, "reference.members")
-    holdout = float(_get(cfg, "reference.holdout", 0.1))
-    bins = _positive_int(_get(cfg, "evaluate.bins", 64), "evaluate.bins")
-    max_lag = _get(cfg, "evaluate.max_lag")
-    max_lag = None if max_lag is None else _positive_int(max_lag, "evaluate.max_lag", 0)
-    panel = _positive_int(_get(cfg, "evaluate.panel", 4), "evaluate.panel")
-    figures_on = bool(_get(cfg, "evaluate.figures", True))
-    data_root = str(_get(cfg, "data_root", "data"))
-    out_cfg = {"dir": _get(cfg, "output.dir"), "overwrite": bool(_get(cfg, "output.overwrite", False))}
-    out_dir = _output_dir(out_cfg)
-    if (out_dir / "metrics.json").exists() and not out_cfg["overwrite"]:
-        raise EvaluateError(f"output.dir {out_dir} already holds an evaluation (metrics.json); choose another "
-                            "output.dir or set output.overwrite=true")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluateError(f"output.dir {out_dir} is a file, not a directory")
+    opts = _options(cfg)
+    created = _prepare_output(opts.out_dir, opts.overwrite)
+    finished = False
+    try:
+        with _sigterm_stops():
+            result = _evaluate(cfg, opts, t0)
+        finished = True
+        return result
+    except KeyboardInterrupt as exc:
+        sig = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+        raise Interrupted(f"interrupted ({sig}); the evaluation of {opts.store} stopped before writing "
+                          f"{opts.out_dir / 'metrics.json'}: rerun the same command") from None
+    finally:
+        if not finished:
+            _remove_dirs(created)
 
-    # ---- the samples: complete members only
-    ens = open_ensemble(store_path)
-    identity = (ens.meta or {}).get("identity", {}) if isinstance(ens.meta, dict) else {}
+
+def _open_samples(cfg: Any, o: _Options) -> tuple[Ensemble, dict[str, Any], Any, Any, str, list[str]]:
+    """The ensemble store, the dataset (config, source, spec, label) and the variables to evaluate."""
+    ens = open_ensemble(o.store)
     dataset = dataset_config(cfg["dataset"])
     source = make_source(dataset)
     _, spec, ds_label = source.open()
-    if want is None:
+    if o.want is None:
         variables = [v for v in spec.variables]
     else:
-        variables = [want] if isinstance(want, str) else [str(v) for v in want]
+        variables = [o.want] if isinstance(o.want, str) else [str(v) for v in o.want]
         if not variables:
             raise EvaluateError("samples.variables is empty; give at least one variable or null for all")
     missing = [v for v in variables if v not in ens.variables]
     if missing:
-        advice = ("choose samples.variables" if want is not None
+        advice = ("choose samples.variables" if o.want is not None
                   else f"is it an ensemble of dataset {dataset.get('name')}?")
         raise EvaluateError(f"samples.path {ens.path} has no variable {', '.join(map(repr, missing))} (it has "
                             f"{', '.join(ens.variables)}); {advice}")
-    members = int(ens.complete.size)
-    n_complete = int(ens.complete.sum())
+    members, n_complete = int(ens.complete.size), int(ens.complete.sum())
     if members == 0:
         raise EvaluateError(f"samples.path {ens.path} is empty: it holds 0 members")
     if n_complete == 0:
@@ -964,133 +1291,189 @@ def run_evaluate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     if n_complete < 2:
         raise EvaluateError(f"samples.path {ens.path}: only 1 of its {members} members is complete; the ensemble "
                             "statistics need at least 2")
-    incomplete = members - n_complete
-    sub = _complete_members(ens.ds, ens.complete, variables)
+    return ens, dataset, source, spec, ds_label, variables
+
+
+def _samples_side(ens: Ensemble, variables: list[str], keep: np.ndarray, unread: dict[str, Any],
+                  ) -> tuple[Side, xr.Dataset, list[str]]:
+    """The generated side (the readable complete members ``keep``, lazily), its subset and its warnings."""
+    identity = (ens.meta or {}).get("identity", {}) if isinstance(ens.meta, dict) else {}
+    members, n_complete, n_eval = int(ens.complete.size), int(ens.complete.sum()), int(keep.sum())
+    sub = _complete_members(ens.ds, keep, variables)
     field_dims = tuple(d for d in sub[variables[0]].dims if d != "member")
-    shape = tuple(int(sub.sizes[d]) for d in field_dims)
-    task = _task_members(shape)
+    task = _task_members(tuple(int(sub.sizes[d]) for d in field_dims))
     sdata = {v: _rechunk(sub[v].transpose("member", *field_dims), "member", task) for v in variables}
     attrs = ens.ds.attrs
     sinfo: dict[str, Any] = {
-        "path": str(ens.path), "members": members, "complete": n_complete, "incomplete": incomplete,
+        "path": str(ens.path), "members": members, "complete": n_complete, "incomplete": members - n_complete,
+        **unread, "evaluated": n_eval,
         "model": _model_label(attrs.get("model"), identity.get("model")),
         "sampler": attrs.get("sampler", (identity.get("sampler") or {}).get("name")),
         "sampler_steps": attrs.get("sampler_steps", (identity.get("sampler") or {}).get("steps")),
         "seed": identity.get("seed", attrs.get("seed")), "dataset": identity.get("dataset"),
         "written_by_sciencegen": ens.meta is not None,
     }
-    samples = Side("samples", "generated", "member", sdata, field_dims, n_complete, sinfo)
     warn: list[str] = []
     if ens.meta is None:
         warn.append(f"{ens.path} was not written by sciencegen-generate (no sciencegen_ensemble attribute)")
-    if incomplete:
-        warn.append(f"{incomplete} of {members} members incomplete: excluded")
+    if members > n_complete:
+        warn.append(f"{members - n_complete} of {members} members incomplete: excluded")
+    return Side("samples", "generated", "member", sdata, field_dims, n_eval, sinfo), sub, warn
 
-    # ---- the reference
-    hint, diffs = _dataset_hint(identity.get("dataset"), dataset)
+
+def _reference_side(o: _Options, dataset: dict[str, Any], source: Any, spec: Any, ds_label: str,
+                    samples: Side, sub: xr.Dataset, variables: list[str], hint: str,
+                    ) -> tuple[Side, dict[str, np.ndarray] | None, dict[str, float] | None]:
+    """The reference side (``reference.source``), the exact spectra and the exact moments where there is a law."""
     target = source.target()
-    kind = source_opt
+    kind = o.source
     if kind == "auto":
         kind = "exact" if target is not None else "heldout"
-    exact = None
-    exact_mom = None
-    if kind == "exact":
-        if target is None:
-            raise EvaluateError(f"dataset {dataset.get('name')} has no exact law; use reference.source=heldout "
-                                "(or auto)")
-        rshape = tuple(int(n) for n in target.variance.shape)
-        if rshape != shape or set(field_dims) != set(spec.field_dims):
-            sizes = dict(zip(spec.field_dims, rshape, strict=False))
-            raise EvaluateError(f"mismatched grids: samples {ens.path} have {variables[0]} on "
-                                f"({_dims_text(field_dims, sub.sizes)}) but the reference (exact law of "
-                                f"{ds_label}) has ({_dims_text(spec.field_dims, sizes)}){hint}")
-        count = min(n_complete, cap if cap is not None else max(2, EXACT_VALUES // int(np.prod(rshape))))
-        ref = _exact_reference(dataset, source, variables, tuple(spec.field_dims), rshape, count)
-        spectrum = exact_spectrum(target, tuple(ref.data[variables[0]].sizes[d] for d in ref.field_dims))
-        exact = {v: spectrum for v in variables}
-        exact_mom = _exact_moments(target)
-    elif kind == "heldout":
-        ref = _heldout_reference(dataset, data_root, holdout, variables, cap)
-    else:
-        ref = _store_reference(kind, variables, cap)
-    if ref.count < 2:
-        raise EvaluateError(f"the reference ({ref.label}) has {ref.count} sample(s); need at least 2")
-    if ref.info.get("warning"):
-        warn.append(ref.info["warning"])
-    samples = _check_grid(samples, ref, hint)
-    if diffs:
-        warn.append("the store was generated from another dataset config: " + "; ".join(diffs[:4])
-                    + (" ..." if len(diffs) > 4 else ""))
+    if kind == "heldout":
+        return _heldout_reference(dataset, o.data_root, o.holdout, variables, o.cap), None, None
+    if kind != "exact":
+        return _store_reference(kind, variables, o.cap), None, None
+    if target is None:
+        raise EvaluateError(f"dataset {dataset.get('name')} has no exact law; use reference.source=heldout (or auto)")
+    field_dims = samples.field_dims
+    rshape = tuple(int(n) for n in target.variance.shape)
+    if rshape != tuple(int(sub.sizes[d]) for d in field_dims) or set(field_dims) != set(spec.field_dims):
+        sizes = dict(zip(spec.field_dims, rshape, strict=False))
+        raise EvaluateError(f"mismatched grids: samples {samples.info['path']} have {variables[0]} on "
+                            f"({_dims_text(field_dims, sub.sizes)}) but the reference (exact law of "
+                            f"{ds_label}) has ({_dims_text(spec.field_dims, sizes)}){hint}")
+    count = min(samples.count, o.cap if o.cap is not None else max(2, EXACT_VALUES // int(np.prod(rshape))))
+    ref = _exact_reference(dataset, source, variables, tuple(spec.field_dims), rshape, count)
+    spectrum = exact_spectrum(target, tuple(ref.data[variables[0]].sizes[d] for d in ref.field_dims))
+    return ref, {v: spectrum for v in variables}, _exact_moments(target)
 
-    # ---- compute (two streaming passes) and the panels
-    import dask
 
-    with _scheduler(_get(cfg, "evaluate.dask"), _get(cfg, "evaluate.threads")) as sched:
-        grid = _dims_text(ref.field_dims, sub.sizes)
-        print(f"sciencegen-evaluate: {n_complete} complete members of {ens.path} ({grid}"
-              f", variables {', '.join(variables)}) against the {kind} reference ({ref.count} samples); "
-              f"{sched}" + (f"; {incomplete} of {members} members incomplete: excluded" if incomplete else ""),
-              flush=True)
-        comp = _compute(samples, ref, exact, bins, max_lag)
-        npanel = min(panel, samples.count, ref.count)
-        lazy_panels = {v: (samples.data[v].isel(member=slice(0, npanel)), ref.data[v].isel(sample=slice(0, npanel)))
-                       for v in variables} if figures_on else {}
-        (got_panels,) = dask.compute(lazy_panels) if lazy_panels else ({},)
-
-    # ---- sampler cost (1-D per-member arrays of the complete members)
+def _cost(ens: Ensemble, keep: np.ndarray) -> tuple[dict[str, Any], list[str]]:
+    """Mean ``rounds`` and ``nfe`` over the evaluated members (None, with a note, where they cannot be read)."""
     cost: dict[str, Any] = {"rounds_mean": None, "nfe_mean": None}
+    notes: list[str] = []
     for key in ("rounds", "nfe"):
-        if key in ens.ds.data_vars:
-            vals = np.asarray(ens.ds[key].values, dtype=np.float64)[ens.complete]
-            cost[f"{key}_mean"] = float(vals.mean())
+        if key not in ens.ds.data_vars:
+            continue
+        try:
+            vals = np.asarray(ens.ds[key].values, dtype=np.float64)[keep]
+        except Exception as exc:  # a corrupt chunk of the per-member costs: report, do not fail
+            notes.append(f"the {key} array of {ens.path} cannot be read ({_short(exc)}): its mean is not reported")
+            continue
+        cost[f"{key}_mean"] = float(vals.mean())
+    return cost, notes
 
+
+def _evaluate(cfg: Any, o: _Options, t0: float) -> dict[str, Any]:
+    """The evaluation proper (after the output directory was checked)."""
+    ens, dataset, source, spec, ds_label, variables = _open_samples(cfg, o)
+    identity = (ens.meta or {}).get("identity", {}) if isinstance(ens.meta, dict) else {}
+    hint, diffs = _dataset_hint(identity.get("dataset"), dataset)
+    with _scheduler(o.dask, o.threads) as sched:
+        keep, unread, line = _readable(ens, variables, "samples.path")
+        if line:
+            log.warning(line)
+        samples, sub, warn = _samples_side(ens, variables, keep, unread)
+        warn += [line] if line else []
+        ref, exact, exact_mom = _reference_side(o, dataset, source, spec, ds_label, samples, sub, variables, hint)
+        if ref.count < 2:
+            raise EvaluateError(f"the reference ({ref.label}) has {ref.count} sample(s); need at least 2")
+        warn += [ref.info["warning"]] if ref.info.get("warning") else []
+        samples = _check_grid(samples, ref, hint)
+        if diffs:
+            warn.append("the store was generated from another dataset config: " + "; ".join(diffs[:4])
+                        + (" ..." if len(diffs) > 4 else ""))
+        s = samples.info
+        skipped = [f"{s['incomplete']} of {s['members']} members incomplete"] if s["incomplete"] else []
+        skipped += [f"{s['unreadable']} unreadable"] if s["unreadable"] else []
+        print(f"sciencegen-evaluate: {samples.count} complete members of {ens.path} "
+              f"({_dims_text(ref.field_dims, sub.sizes)}, variables {', '.join(variables)}) against the "
+              f"{ref.info.get('source', ref.kind)} reference ({ref.count} samples); {sched}"
+              + (f"; {', '.join(skipped)}: excluded" if skipped else ""), flush=True)
+        comp = _compute(samples, ref, exact, o.bins, o.max_lag)
+        panels = _panels(samples, ref, variables, o.panel) if o.figures else {}
+    cost, notes = _cost(ens, keep)
     units = {v: str(ens.ds[v].attrs.get("units", "") or ref.data[v].attrs.get("units", "")) for v in variables}
     metrics = {v: _variable_metrics(v, comp[v], samples, ref, None if exact is None else exact[v], exact_mom, units[v])
                for v in variables}
+    result = _result(dataset, samples, ref, metrics, cost, warn + notes, sched, o)
+    return _finish(result, o, samples, ref, panels, units, t0)
 
-    result: dict[str, Any] = {
+
+def _panels(samples: Side, ref: Side, variables: list[str], panel: int) -> dict[str, tuple[Any, Any]]:
+    """The first ``panel`` fields of each side, computed."""
+    import dask
+
+    npanel = min(panel, samples.count, ref.count)
+    lazy = {v: (samples.data[v].isel(member=slice(0, npanel)), ref.data[v].isel(sample=slice(0, npanel)))
+            for v in variables}
+    (got,) = dask.compute(lazy)
+    return got
+
+
+def _result(dataset: dict[str, Any], samples: Side, ref: Side, metrics: dict[str, Any], cost: dict[str, Any],
+            warn: list[str], sched: str, o: _Options) -> dict[str, Any]:
+    """The content of ``metrics.json`` (before ``seconds``, ``figures`` and ``output``)."""
+    from .. import __version__
+
+    v0 = next(iter(samples.data))
+    return {
         "version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": _command(),
         "dataset": dataset,
-        "samples": sinfo,
+        "samples": samples.info,
         "reference": {**{k: x for k, x in ref.info.items() if k != "warning"}, "label": ref.label},
-        "grid": {"field_dims": list(ref.field_dims), "shape": [int(samples.data[variables[0]].sizes[d])
-                                                               for d in ref.field_dims]},
+        "grid": {"field_dims": list(ref.field_dims),
+                 "shape": [int(samples.data[v0].sizes[d]) for d in ref.field_dims]},
         "variables": metrics,
         "cost": cost,
         "warnings": warn,
         "scheduler": sched,
-        "settings": {"bins": bins, "max_lag": max_lag, "w1_bins": W1_BINS, "task_bytes": TASK_BYTES},
+        "settings": {"bins": o.bins, "max_lag": o.max_lag, "w1_bins": W1_BINS, "task_bytes": TASK_BYTES},
     }
 
-    # ---- figures, report, metrics
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures: list[str] = []
-    if figures_on:
-        title = (f"{dataset.get('name')} {'x'.join(map(str, result['grid']['shape']))}: generated "
+
+def _finish(result: dict[str, Any], o: _Options, samples: Side, ref: Side, panels: dict[str, Any],
+            units: dict[str, str], t0: float) -> dict[str, Any]:
+    """Write the figures, ``report.md`` and ``metrics.json`` (atomically, metrics last), print the summary and
+    return the content of ``metrics.json``."""
+    out_dir = o.out_dir
+    metrics, sinfo = result["variables"], result["samples"]
+    writers: dict[str, Any] = {}
+    if o.figures:
+        title = (f"{result['dataset'].get('name')} {'x'.join(map(str, result['grid']['shape']))}: generated "
                  f"({sinfo.get('model') or '?'}, {sinfo.get('sampler') or '?'} {sinfo.get('sampler_steps') or '?'} "
                  f"steps) vs {ref.label}")
-        panels, coords = {}, {}
-        for v in variables:
-            g, r = got_panels[v]
-            ids = np.asarray(g["member"].values) if "member" in g.coords else np.arange(g.shape[0])
-            panels[v] = (np.asarray(g.values, dtype=np.float64), np.asarray(r.values, dtype=np.float64), ids)
-            coords[v] = tuple(np.asarray(g[d].values, dtype=np.float64) if d in g.coords and
-                              np.issubdtype(g[d].dtype, np.number) else np.arange(g.sizes[d], dtype=np.float64)
-                              for d in ref.field_dims)
-        _plot_samples(out_dir / "samples.png", panels, "exact law" if ref.kind == "exact" else ref.label, units,
-                      coords, title)
-        _plot_spectrum(out_dir / "spectrum.png", metrics, samples, ref, title)
-        _plot_histogram(out_dir / "histogram.png", metrics, samples, ref, title)
-        _plot_correlation(out_dir / "correlation.png", metrics, samples, ref, title)
-        figures = list(FIGURES)
+        fields, coords = _panel_arrays(panels, ref.field_dims)
+        label = "exact law" if ref.kind == "exact" else ref.label
+        writers = {
+            "samples.png": lambda p: _plot_samples(p, fields, label, units, coords, title),
+            "spectrum.png": lambda p: _plot_spectrum(p, metrics, samples, ref, title),
+            "histogram.png": lambda p: _plot_histogram(p, metrics, samples, ref, title),
+            "correlation.png": lambda p: _plot_correlation(p, metrics, samples, ref, title),
+        }
+    figures = list(writers)
     result["seconds"] = time.perf_counter() - t0
     result["figures"] = figures
     result["output"] = {"dir": str(out_dir), "metrics": str(out_dir / "metrics.json"),
                         "report": str(out_dir / "report.md"), "figures": [str(out_dir / f) for f in figures]}
     clean = _jsonable(result)
-    _write_atomic(out_dir / "report.md", _report(clean, figures))
-    _write_atomic(out_dir / "metrics.json", json.dumps(clean, indent=1) + "\n")
+    writers["report.md"] = lambda p: p.write_text(_report(clean, figures))
+    writers["metrics.json"] = lambda p: p.write_text(json.dumps(clean, indent=1) + "\n")
+    _write_outputs(out_dir, writers)
     print(format_summary(clean), flush=True)
     return clean
+
+
+def _panel_arrays(panels: dict[str, Any], field_dims: tuple[str, ...],
+                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, ...]]]:
+    """The panel fields as float64 arrays with member numbers, and the field coordinates, per variable."""
+    fields, coords = {}, {}
+    for v, (g, r) in panels.items():
+        ids = np.asarray(g["member"].values) if "member" in g.coords else np.arange(g.shape[0])
+        fields[v] = (np.asarray(g.values, dtype=np.float64), np.asarray(r.values, dtype=np.float64), ids)
+        coords[v] = tuple(np.asarray(g[d].values, dtype=np.float64) if d in g.coords and
+                          np.issubdtype(g[d].dtype, np.number) else np.arange(g.sizes[d], dtype=np.float64)
+                          for d in field_dims)
+    return fields, coords

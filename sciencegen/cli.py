@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = ["bench", "data", "generate", "main", "train"]
@@ -466,12 +467,33 @@ def _precheck(prog: str, config_name: str, argv: list[str]) -> None:
         job = overrides
         try:
             for job in _sweep_jobs(overrides) if args.multirun else [overrides]:
-                _compose(name, job, search)
+                cfg = _compose(name, job, search)
         except Exception as exc:  # Hydra/OmegaConf/YAML errors of every kind
             problem = _one_line(exc, name, job, search)
+        else:
+            problem = None if args.multirun or args.cfg else _run_dir_problem(cfg)
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _run_dir_problem(cfg: Any) -> str | None:
+    """Why Hydra could not write its run directory (it logs there before the job starts), or None."""
+    from omegaconf import OmegaConf
+
+    try:
+        run = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).absolute()
+    except Exception:  # an interpolation only Hydra's job can resolve: leave it to Hydra
+        return None
+    near = next(p for p in (run, *run.parents) if p.exists())
+    fix = "run from a writable directory or set hydra.run.dir=PATH"
+    if not near.is_dir():
+        return f"cannot write the run directory {run} (hydra.run.dir): {near} is a file; {fix}"
+    if os.access(near, os.W_OK):
+        return None
+    readonly = bool(os.statvfs(near).f_flag & os.ST_RDONLY)
+    why = "the filesystem is read-only" if readonly else "permission denied"
+    return f"cannot write the run directory {run} (hydra.run.dir): {why}; {fix}"
 
 
 def _app(prog: str, config_name: str, target: str) -> None:

@@ -293,3 +293,15 @@ def test_store_records_its_identity_token_and_batch(reference):
     flags = zarr.open_array(str(reference), path="complete", mode="r")
     assert flags.metadata.fill_value is not None and not bool(flags.metadata.fill_value)  # unwritten = incomplete
     assert os.path.exists(reference.parent / ".ref.zarr.lock")
+
+
+def test_read_only_working_directory_is_one_line_before_hydra(tmp_path):
+    """Hydra logs into its run directory before the job starts: a read-only one must not be a traceback."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    with read_only(d):
+        proc = cli(d, f"output.path={tmp_path / 'elsewhere.zarr'}")
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    one_line_error(out, "cannot write the run directory", "read-only", "hydra.run.dir")
+    assert not (tmp_path / "elsewhere.zarr").exists()

@@ -109,6 +109,8 @@ class _UserDataConfig:
     select: Any = _key("label selection first: {dim: value | [values] | {start: .., stop: ..}} (null: none)")
     periodic: Any = _key("{dim: true|false} (null: a longitude spanning 360 degrees is periodic, nothing else)")
     nonfinite: str = _key(_NONFINITE)
+    max_gb: float | None = _key("refuse selected variables larger than this many GB before reading them (null: no "
+                                "limit); not part of the store's identity")
 
 
 @dataclass
@@ -289,7 +291,7 @@ class GenerateConfig:
     dask: str | None = _key("Dask scheduler address for the writes (null: a running client, else a writer thread)")
     progress: bool = _key("show a progress bar")
     verify: bool = _key("on a rerun, read back every chunk flagged complete and regenerate the ones that cannot be "
-                        "decoded (a corrupt or truncated chunk file)", False)
+                        "decoded (a corrupt or truncated chunk file)")
 
 
 @dataclass

@@ -381,8 +381,18 @@ def test_checked_in_kolmogorov_sample_matches_a_fresh_generation():
     keys = set(KolmogorovFlow.__dataclass_fields__)
     flow = KolmogorovFlow(**{k: v for k, v in conf.items() if k in keys})
     fresh = flow.simulate(range(ds.sizes["trajectory"]))
+    # The flow is chaotic: round-off differences of the float64 solver between machines (measured: MKL's FFT code
+    # path for the CPU's instruction set; thread count and batching change nothing, bit for bit) grow like
+    # exp(t / 3) over the recording. Across two such code paths the sample's vorticity differs by at most 5.4e-6
+    # at t = 0 (end of the spin-up), 1.4e-5, 5.7e-5, 8.4e-5, 5.0e-4, 7.5e-4, 1.6e-3, 4.4e-3 at t = 3 ... 21 (|w|
+    # up to 11.5); twin runs of 8 trajectories from initial conditions 1e-15 apart separate at 0.23-0.33 per unit
+    # time over the recording. The tolerance is 1e-5 of the field's scale at t = 0 (>= 20x the measured spread)
+    # growing by e every 3 time units (>= 13x the spread at every frame). A solver or sample that changed (other
+    # physics, parameters or snapshot times) differs by O(1) already at t = 0.
     scale = float(abs(fresh["vorticity"]).max())
-    np.testing.assert_allclose(ds["vorticity"].values, fresh["vorticity"].values, rtol=0, atol=1e-4 * scale)
+    err = np.abs(ds["vorticity"].values - fresh["vorticity"].values).max(axis=(0, 2, 3))
+    allowed = 1e-5 * scale * np.exp(ds["time"].values / 3.0)
+    assert (err <= allowed).all(), f"per-snapshot error {err} above {allowed}"
 
 
 def test_kolmogorov_on_a_missing_gpu_is_one_line():

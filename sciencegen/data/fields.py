@@ -29,6 +29,7 @@ __all__ = [
     "compute_statistics",
     "detect_periodic",
     "expand_paths",
+    "human_bytes",
     "nonfinite_report",
     "open_user_data",
     "resolve_spec",
@@ -114,6 +115,15 @@ def expand_paths(path: str | os.PathLike | Sequence[str | os.PathLike], kind: st
         else:
             out.append(pat)
     return out
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in decimal units: ``"512 B"``, ``"16.8 MB"``, ``"32.0 GB"``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
 
 
 def _short(exc: BaseException) -> str:

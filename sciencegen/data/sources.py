@@ -40,6 +40,8 @@ class FieldSource:
 
     #: generated data are checked for NaN/Inf after writing instead of before
     generated: bool = False
+    #: inputs larger than this many GB are refused before anything is read (``None``: no limit)
+    max_gb: float | None = None
 
     def __init__(self, name: str, nonfinite: str = "error"):
         if nonfinite not in NONFINITE_POLICIES:
@@ -70,10 +72,14 @@ class _UserSource(FieldSource):
     def __init__(self, path: Any = None, variables: Sequence[str] | str | None = None,
                  sample_dims: Sequence[str] | str | None = None, field_dims: Sequence[str] | None = None,
                  select: Mapping[str, Any] | None = None, periodic: Mapping[str, bool] | None = None,
-                 engine: str | None = None, nonfinite: str = "error", name: str | None = None):
+                 engine: str | None = None, nonfinite: str = "error", name: str | None = None,
+                 max_gb: float | None = 64.0):
         super().__init__(name or self.kind, nonfinite)
         if path is None or path == "" or path == "???":
             raise DataError(f"dataset.path is required for dataset={self.kind}")
+        if max_gb is not None and not float(max_gb) > 0:
+            raise DataError(f"dataset.max_gb must be a positive number of GB or null (no limit), got {max_gb!r}")
+        self.max_gb = None if max_gb is None else float(max_gb)
         self.path, self.variables, self.sample_dims, self.field_dims = path, variables, sample_dims, field_dims
         self.select, self.periodic, self.engine = select, periodic, engine
 
@@ -109,6 +115,9 @@ class NetCDFSource(_UserSource):
         xarray backend engine (default: xarray's choice).
     nonfinite
         ``error`` (default), ``mask`` or ``drop``.
+    max_gb
+        Refuse, before reading anything, selected variables larger than this many GB in the file (``None``: no
+        limit). Opening stays lazy and cheap; the size is checked when the data are about to be read.
     """
 
     kind = "netcdf"

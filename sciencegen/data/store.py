@@ -9,19 +9,27 @@ Layout of a store written by :func:`write_prepared`:
 * group ``statistics``: ``mean``, ``std``, ``min``, ``max``, ``count`` over dim ``variable``
   (order in its attribute ``variables``), opened with ``xr.open_zarr(path, group="statistics")``.
 
-A store is written into a hidden sibling directory and renamed into place only when
-complete, so a crash or bad input never leaves a half-written dataset at the output path.
+A store is written into a hidden sibling directory ``.NAME.tmp-HOST-PID`` and renamed into place only
+when complete, so a crash or bad input never leaves a half-written dataset at the output path. A
+disk-full or read-only output, or SIGINT / SIGTERM, removes that directory and ends with one line;
+the folders of writers that were killed (``kill -9``, a node failure) are removed by the next run
+on the same host (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
+import logging
+import math
 import os
+import re
 import shutil
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..errors import Interrupted, SciencegenError, StopRequest, os_error_line, stop_requests
 from .fields import (
     NONFINITE_POLICIES,
     DataError,
@@ -37,15 +46,32 @@ from .fields import (
     _short,
     choose_chunks,
     compute_statistics,
+    human_bytes,
     nonfinite_report,
 )
 
-__all__ = ["ATTR", "PreparedData", "open_prepared", "read_metadata", "write_prepared"]
+__all__ = ["ATTR", "DataWriteError", "PreparedData", "open_prepared", "read_metadata", "remove_stale_temps",
+           "write_prepared"]
+
+log = logging.getLogger(__name__)
 
 #: root attribute holding our metadata (JSON)
 ATTR = "sciencegen_dataset"
 FORMAT = 1
 CONVENTIONS = "CF-1.10"
+#: ``.NAME.tmp-HOST-PID`` (being written) and ``.NAME.old-HOST-PID`` (the replaced store, during the swap)
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>[^-]+)-(?P<pid>\d+)$")
+#: the same without the host, as earlier versions named them; see :data:`LEGACY_QUIET_S`
+_LEGACY_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+#: a temp folder named without a host is removed only when nothing in it changed for this long (seconds): its
+#: writer may be alive on another host sharing the file system, where its pid means nothing here
+LEGACY_QUIET_S = 3600.0
+
+
+class DataWriteError(SciencegenError):
+    """The output store cannot be written (disk full, read-only file system, a parent is a file); exit status 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -163,7 +189,7 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
                    config: Mapping[str, Any], label: str = "dataset", overwrite: bool = False,
                    dtype: str = "float32", chunk_mb: float = 8.0, chunks: Mapping[str, int] | None = None,
                    nonfinite: str = "error", check_input: bool = True, progress: bool = False,
-                   extra_attrs: Mapping[str, Any] | None = None) -> PreparedData:
+                   extra_attrs: Mapping[str, Any] | None = None, max_gb: float | None = None) -> PreparedData:
     """Write ``ds[spec.variables]`` as a prepared store with statistics, atomically.
 
     Parameters
@@ -195,6 +221,17 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
         Progress bars.
     extra_attrs
         Attributes added to the root (e.g. generator parameters).
+    max_gb
+        Refuse, before reading anything, an input larger than this many GB (``dataset.max_gb``); ``None``: no limit.
+
+    Raises
+    ------
+    DataError
+        Bad input or configuration (nothing written).
+    DataWriteError
+        The output cannot be written (disk full, read-only, a parent is a file); the partial store is removed.
+    Interrupted
+        SIGINT / SIGTERM while writing; the partial store is removed.
     """
     path = Path(path)
     if nonfinite not in NONFINITE_POLICIES:
@@ -202,42 +239,72 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
     if dtype not in ("float32", "keep"):
         raise DataError(f"output.dtype must be float32 or keep, got {dtype!r}")
     config = json.loads(json.dumps(dict(config), default=str))
-    if path.exists():
-        meta = read_metadata(path)
-        if meta is None:
-            kind = "directory" if path.is_dir() else "file"
-            raise DataError(f"{path}: output path exists and is a {kind} that is not a sciencegen dataset; "
-                            "choose another output.path")
-        if meta.get("complete") and _same(meta.get("config", {}), config) and not overwrite:
-            prepared = open_prepared(path)
-            prepared.reused = True
-            return prepared
-        if meta.get("complete") and not overwrite:
-            raise DataError(f"{path}: holds a different dataset ({meta.get('name')}, other config); "
-                            "pass output.overwrite=true to replace it")
-
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)
+    reused = _reuse_or_refuse(path, config, overwrite)
+    if reused is not None:
+        return reused
     out = ds[list(spec.variables)].transpose(*spec.sample_dims, *spec.field_dims)
     # keep only coordinates on our dims
     dims = set(spec.sample_dims) | set(spec.field_dims)
     out = out.drop_vars([c for c in out.coords if not set(out[c].dims) <= dims])
+    _check_size(out, spec, label, max_gb, log_reads=check_input)
+
+    def work(stop: StopRequest, tmp: Path) -> None:
+        data = _finish_input(out, spec, label, nonfinite, dtype, chunk_mb, chunks, check_input, progress)
+        data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs)
+        _check_space(data, spec, path)
+        _stop_point(stop)
+        with _progress(progress, f"writing {path.name}"):
+            data.to_zarr(tmp, mode="w", consolidated=False)
+        _stop_point(stop)
+        _complete(tmp, spec, label, nonfinite, progress, json.loads(data.attrs[ATTR]))
+        _stop_point(stop)
+        _swap_into_place(tmp, path)
+
+    _in_temp(path, work)
+    return open_prepared(path)
+
+
+def _reuse_or_refuse(path: Path, config: Mapping[str, Any], overwrite: bool) -> PreparedData | None:
+    """The store at ``path`` if it holds the same dataset; refuse a foreign one or another dataset without overwrite."""
+    if not path.exists():
+        return None
+    meta = read_metadata(path)
+    if meta is None:
+        kind = "directory" if path.is_dir() else "file"
+        raise DataError(f"{path}: output path exists and is a {kind} that is not a sciencegen dataset; "
+                        "choose another output.path")
+    if meta.get("complete") and _same(meta.get("config", {}), config) and not overwrite:
+        prepared = open_prepared(path)
+        prepared.reused = True
+        return prepared
+    if meta.get("complete") and not overwrite:
+        raise DataError(f"{path}: holds a different dataset ({meta.get('name')}, other config); "
+                        "pass output.overwrite=true to replace it")
+    return None
+
+
+def _check_size(out: xr.Dataset, spec: FieldSpec, label: str, max_gb: float | None, log_reads: bool) -> None:
+    """Refuse an input over ``max_gb`` before reading it; say what will be read and how big it is."""
+    sizes = {v: int(out[v].size) * out[v].dtype.itemsize for v in spec.variables}
+    total = sum(sizes.values())
+    what = ", ".join(f"{v} {tuple(int(n) for n in out[v].shape)} {out[v].dtype}" for v in spec.variables)
+    if max_gb is not None and total > max_gb * 1e9:
+        v = max(sizes, key=sizes.__getitem__)
+        also = f" ({human_bytes(total)} with the other variables)" if len(sizes) > 1 else ""
+        raise DataError(f"{label}: variable {v!r} has shape {tuple(int(n) for n in out[v].shape)} {out[v].dtype}, "
+                        f"{sizes[v] / 1e9:.1f} GB{also}, more than dataset.max_gb={max_gb:g}; raise dataset.max_gb "
+                        "to read it all, or read a part with dataset.select")
+    if log_reads:
+        log.info("reading %s from %s: %s", what, label, human_bytes(total))
+
+
+def _finish_input(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: str, dtype: str, chunk_mb: float,
+                  chunks: Mapping[str, int] | None, check_input: bool, progress: bool) -> xr.Dataset:
+    """The data as written: NaN/Inf policy applied, float32, without backend encodings, chunked along the samples."""
     if check_input:
-        report = nonfinite_report(out, spec, progress)
-        if report["total"]:
-            where = "; ".join(f"{v}: {n}" + (f" (first at {_fmt(report['first'][v])})" if v in report["first"] else "")
-                              for v, n in report["per_variable"].items() if n)
-            if nonfinite == "error":
-                raise DataError(f"{label}: {report['total']} NaN/Inf values ({where}); set dataset.nonfinite=mask to "
-                                "keep them masked or dataset.nonfinite=drop to drop those samples")
-            if nonfinite == "drop":
-                if len(spec.sample_dims) != 1:
-                    raise DataError(f"{label}: nonfinite=drop needs one sample dim, got {list(spec.sample_dims)}; "
-                                    "use nonfinite=mask")
-                good = ~report["bad_samples"]
-                if not good.any():
-                    raise DataError(f"{label}: every sample holds NaN/Inf values ({where}); nothing left to keep")
-                out = out.isel({spec.sample_dims[0]: np.flatnonzero(good)})
-            else:
-                out = out.where(np.isfinite(out))
+        out = _apply_nonfinite(out, spec, label, nonfinite, progress)
     for v in spec.variables:
         if dtype == "float32" or not np.issubdtype(out[v].dtype, np.floating):
             out[v] = out[v].astype("float32")
@@ -251,59 +318,280 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
     out = out.chunk({d: size[d] for d in out.dims if d in size})
     for v in spec.variables:
         out[v].encoding["chunks"] = tuple(size[d] for d in out[v].dims)
+    return out
 
-    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+def _apply_nonfinite(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: str, progress: bool) -> xr.Dataset:
+    """Scan the input for NaN/Inf and apply the policy: refuse, drop those samples, or mask them."""
+    report = nonfinite_report(out, spec, progress)
+    if not report["total"]:
+        return out
+    where = "; ".join(f"{v}: {n}" + (f" (first at {_fmt(report['first'][v])})" if v in report["first"] else "")
+                      for v, n in report["per_variable"].items() if n)
+    if nonfinite == "error":
+        raise DataError(f"{label}: {report['total']} NaN/Inf values ({where}); set dataset.nonfinite=mask to "
+                        "keep them masked or dataset.nonfinite=drop to drop those samples")
+    if nonfinite == "drop":
+        if len(spec.sample_dims) != 1:
+            raise DataError(f"{label}: nonfinite=drop needs one sample dim, got {list(spec.sample_dims)}; "
+                            "use nonfinite=mask")
+        good = ~report["bad_samples"]
+        if not good.any():
+            raise DataError(f"{label}: every sample holds NaN/Inf values ({where}); nothing left to keep")
+        return out.isel({spec.sample_dims[0]: np.flatnonzero(good)})
+    return out.where(np.isfinite(out))
+
+
+def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str, Any], label: str,
+                nonfinite: str, extra_attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Root attributes: the input's, CF ``Conventions``, a ``history`` line and our metadata (``complete: false``)."""
     from .. import __version__
 
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     attrs = dict(out.attrs)
     attrs.setdefault("Conventions", CONVENTIONS)
     attrs.update(extra_attrs or {})
     line = f"{now}: prepared by sciencegen {__version__} ({name})"
     attrs["history"] = f"{attrs['history']}\n{line}" if attrs.get("history") else line
-    meta = {"format": FORMAT, "name": name, **spec.as_dict(), "config": config, "version": __version__,
+    meta = {"format": FORMAT, "name": name, **spec.as_dict(), "config": dict(config), "version": __version__,
             "created": now, "source": label, "nonfinite": nonfinite, "complete": False}
     attrs[ATTR] = json.dumps(meta)
-    out.attrs = attrs
+    return attrs
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+
+def _check_space(out: xr.Dataset, spec: FieldSpec, path: Path) -> None:
+    """Log what will be written; warn when it may not fit the free space of the output's file system."""
+    need = sum(int(out[v].size) * out[v].dtype.itemsize for v in spec.variables)
+    samples = math.prod(int(out.sizes[d]) for d in spec.sample_dims)
+    log.info("writing %s: %d samples, %s uncompressed", path, samples, human_bytes(need))
     try:
-        with _progress(progress, f"writing {path.name}"):
-            out.to_zarr(tmp, mode="w", consolidated=False)
-        written = xr.open_zarr(tmp, consolidated=False)
-        stats = compute_statistics(written, spec, progress)
-        expected = int(np.prod([written.sizes[d] for d in spec.sample_dims + spec.field_dims]))
-        for i, v in enumerate(spec.variables):
-            n = int(stats["count"].values[i])
-            if nonfinite == "error" and n != expected:
-                raise DataError(f"{label}: variable {v!r} has {expected - n} NaN/Inf values after writing "
-                                "(generator blew up?); nothing was kept")
-            if n == 0:
-                raise DataError(f"{label}: variable {v!r} has no finite values")
-            if not stats["std"].values[i] > 0:
-                raise DataError(f"{label}: variable {v!r} has zero variance (constant {stats['mean'].values[i]:g}); "
-                                "it cannot be normalised, drop it from dataset.variables")
-        stats.to_zarr(tmp, group="statistics", mode="w", consolidated=False)
-        import zarr
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if need > free:
+        log.warning("%s needs up to %s uncompressed but only %s are free on its disk; the write may fail "
+                    "(compression may make it fit)", path, human_bytes(need), human_bytes(free))
 
-        meta["complete"] = True
-        zarr.open_group(str(tmp), mode="a").attrs[ATTR] = json.dumps(meta)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata is an extension in zarr v3; we want it anyway
-            zarr.consolidate_metadata(str(tmp))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
+
+def _complete(tmp: Path, spec: FieldSpec, label: str, nonfinite: str, progress: bool, meta: dict[str, Any]) -> None:
+    """Statistics of the written data, the checks on them, then ``complete: true`` and consolidated metadata."""
+    import zarr
+
+    written = xr.open_zarr(tmp, consolidated=False)
+    stats = compute_statistics(written, spec, progress)
+    expected = int(np.prod([written.sizes[d] for d in spec.sample_dims + spec.field_dims]))
+    for i, v in enumerate(spec.variables):
+        n = int(stats["count"].values[i])
+        if nonfinite == "error" and n != expected:
+            raise DataError(f"{label}: variable {v!r} has {expected - n} NaN/Inf values after writing "
+                            "(generator blew up?); nothing was kept")
+        if n == 0:
+            raise DataError(f"{label}: variable {v!r} has no finite values")
+        if not stats["std"].values[i] > 0:
+            raise DataError(f"{label}: variable {v!r} has zero variance (constant {stats['mean'].values[i]:g}); "
+                            "it cannot be normalised, drop it from dataset.variables")
+    stats.to_zarr(tmp, group="statistics", mode="w", consolidated=False)
+    meta["complete"] = True
+    zarr.open_group(str(tmp), mode="a").attrs[ATTR] = json.dumps(meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata is an extension in zarr v3; we want it anyway
+        zarr.consolidate_metadata(str(tmp))
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename the complete ``tmp`` to ``path``; a store already there is moved aside first, then removed."""
+    if path.exists():
+        old = _temp_path(path, "old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------- faults, signals, stale temps
+
+
+def _host_tag() -> str:
+    from ..models.checkpoint import _host_tag as tag  # one rule for every temp name of the package
+
+    return tag()
+
+
+def _temp_path(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{_host_tag()}-{os.getpid()}")
+
+
+def _make_temp(path: Path, existed: bool) -> Path:
+    """Create the temp folder beside ``path``: an unwritable place fails here, in one line, before any work."""
+    tmp = _temp_path(path, "tmp")
+    blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise DataWriteError(f"cannot write {path}: {blocker} is a file, not a directory; nothing was written "
+                             "(choose another output.path or data_root)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as exc:
+        raise DataWriteError(_fault_line(exc, path, existed, partial=False)) from None
+    return tmp
+
+
+def _fault_line(exc: OSError, path: Path, existed: bool, partial: bool) -> str:
+    """``cannot write PATH: the disk is full; ...``: the output path, not a chunk file inside the temp folder.
+
+    An error on another file (the input, while it is read) names that file instead.
+    """
+    name = str(exc.filename or "")
+    ours = name.startswith((str(path), str(_temp_path(path, "tmp")))) or Path(name) in path.parents
+    if partial and name and not ours and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        line = f"cannot read {name}: {exc.strerror or exc}"
+    else:
+        line = os_error_line(OSError(exc.errno, exc.strerror), str(path))
+    kept = f"the store already at {path} is kept as it was" if existed else f"nothing was written to {path}"
+    removed = "the partial store was removed, " if partial else ""
+    return f"{line}; {removed}{kept} and complete stores stay usable"
+
+
+class _Stop(Exception):
+    """Raised at a safe point (between Dask tasks) once SIGINT / SIGTERM was received."""
+
+    def __init__(self, signal: str):
+        super().__init__(signal)
+        self.signal = signal
+
+
+def _stop_point(stop: StopRequest) -> None:
+    if stop:
+        raise _Stop(stop.signal or "SIGINT")
+
+
+@contextlib.contextmanager
+def _stop_between_tasks(stop: StopRequest) -> Iterator[None]:
+    """Poll ``stop`` before each Dask task of the local schedulers; a pool of our own joined on the way out."""
+    import dask
+    from dask.callbacks import Callback
+
+    class Poll(Callback):
+        def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+            _stop_point(stop)
+
+    pool = None
+    if dask.config.get("scheduler", None) in (None, "threads", "threading"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dask.system import CPU_COUNT
+
+        # our own pool, so that on the way out no task still writes into the temp folder once it is removed
+        pool = ThreadPoolExecutor(int(dask.config.get("num_workers", None) or CPU_COUNT))
+    try:
+        with dask.config.set(pool=pool) if pool else contextlib.nullcontext(), Poll():
+            yield
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_temp(path: Path, work: Callable[[StopRequest, Path], None]) -> None:
+    """Create the temp folder, run ``work`` (it fills it and renames it to ``path``); on any failure or signal
+    remove the temp folder.
+
+    SIGINT / SIGTERM stop at the next safe point (between Dask tasks; a second Ctrl-C at once) and become
+    :class:`~sciencegen.errors.Interrupted`; an operating-system fault (disk full, ...) becomes
+    :class:`DataWriteError` naming ``path``. Either way one line says what is kept.
+    """
+    existed = path.exists()
+    with stop_requests() as stop:
+        tmp = _make_temp(path, existed)
+        try:
+            with _stop_between_tasks(stop):
+                work(stop, tmp)
+        except BaseException as exc:
+            _remove_tree(tmp, settle=isinstance(exc, KeyboardInterrupt))
+            fault = _as_fault(exc, path, existed)
+            if fault is exc:
+                raise
+            raise fault from None
+
+
+def _as_fault(exc: BaseException, path: Path, existed: bool) -> BaseException:
+    """The one-line error a failed write becomes: :class:`Interrupted`, :class:`DataWriteError`, or ``exc`` itself."""
+    kept = f"the store already at {path} is kept as it was" if existed else f"nothing was written to {path}"
+    if isinstance(exc, (_Stop, KeyboardInterrupt)):
+        sig = exc.signal if isinstance(exc, _Stop) else "SIGINT"
+        return Interrupted(f"interrupted ({sig}); {kept} (the partial store was removed), rerun the same command "
+                           "to prepare it")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return DataWriteError(_fault_line(exc, path, existed, partial=True))
+    return exc
+
+
+def _remove_tree(tmp: Path, settle: bool = False) -> None:
+    """Remove ``tmp``; with ``settle`` (a second Ctrl-C cut the wait for the writes in flight) again while one of
+    them brings it back within a second."""
+    for _ in range(5 if settle else 1):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return open_prepared(path)
+        if settle:
+            time.sleep(0.2)
+        if not tmp.exists():
+            return
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temp folders of dead writers in ``directory``; return what was removed (or restored).
+
+    A temp folder ``.NAME.tmp-HOST-PID`` is stale when HOST is this host and process PID is not alive
+    (the rule of the checkpoint files, :mod:`sciencegen.models.checkpoint`): folders of live processes and
+    of other hosts (a shared file system) are left alone. A stale ``.NAME.old-HOST-PID`` (a writer killed
+    while swapping in a new store) is renamed back to ``NAME`` if ``NAME`` is missing. Names without a
+    host (earlier versions) are removed only when their PID is not alive here and nothing in them changed
+    for :data:`LEGACY_QUIET_S` seconds. Failures to remove are logged, never raised.
+
+    Parameters
+    ----------
+    directory
+        Where stores live (the parent of an output path, e.g. the data root).
+    """
+    from ..models.checkpoint import _pid_alive
+
+    try:
+        entries = sorted(Path(directory).iterdir())
+    except OSError:
+        return []
+    host, me, done = _host_tag(), os.getpid(), []
+    for p in entries:
+        m = _TEMP_RE.match(p.name)
+        legacy = m is None
+        m = m or _LEGACY_RE.match(p.name)
+        if m is None or (not legacy and m["host"] != host) or not p.is_dir():
+            continue
+        pid = int(m["pid"])
+        if pid == me or _pid_alive(pid) or (legacy and time.time() - _newest_mtime(p) < LEGACY_QUIET_S):
+            continue
+        final = p.with_name(m["name"])
+        try:
+            if m["kind"] == "old" and not final.exists() and (read_metadata(p) or {}).get("complete"):
+                os.replace(p, final)
+                log.warning("restored %s from %s (its writer, process %d, died while replacing it)", final, p, pid)
+            else:
+                shutil.rmtree(p)
+                log.info("removed %s, the temp folder of process %d, which died while writing", p, pid)
+        except OSError as exc:
+            log.warning("cannot remove the stale temp folder %s: %s", p, exc.strerror or exc)
+            continue
+        done.append(p)
+    return done
+
+
+def _newest_mtime(p: Path) -> float:
+    newest = 0.0
+    for root, _, files in os.walk(p):
+        for f in [root, *(os.path.join(root, f) for f in files)]:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.stat(f).st_mtime)
+    return newest
 
 
 def _fmt(coords: Mapping[str, Any]) -> str:

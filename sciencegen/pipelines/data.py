@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data.fields import DataError
+from ..data.fields import human_bytes as _human
 from ..data.sources import FieldSource
 from ..data.store import PreparedData, store_bytes, write_prepared
 
-__all__ = ["dataset_config", "default_store_path", "make_source", "prepare", "run_data", "summary"]
+__all__ = ["NOT_DATA_KEYS", "dataset_config", "dataset_identity", "default_store_path", "make_source", "prepare",
+           "run_data", "summary"]
 
 
 def dataset_config(cfg_dataset: Any) -> dict[str, Any]:
@@ -32,9 +34,18 @@ def dataset_config(cfg_dataset: Any) -> dict[str, Any]:
     return dict(cfg_dataset)
 
 
+#: dataset keys that do not change the data: left out of a store's identity (its name hash and recorded config)
+NOT_DATA_KEYS = ("max_gb",)
+
+
+def dataset_identity(cfg_dataset: Any) -> dict[str, Any]:
+    """The dataset config without the keys that do not change the data (:data:`NOT_DATA_KEYS`)."""
+    return {k: v for k, v in dataset_config(cfg_dataset).items() if k not in NOT_DATA_KEYS}
+
+
 def default_store_path(cfg_dataset: Any, data_root: str | os.PathLike) -> Path:
     """``DATA_ROOT/NAME-HASH.zarr``: one cached store per distinct dataset config."""
-    conf = dataset_config(cfg_dataset)
+    conf = dataset_identity(cfg_dataset)
     digest = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Path(data_root) / f"{conf.get('name', 'dataset')}-{digest}.zarr"
 
@@ -88,17 +99,10 @@ def prepare(cfg_dataset: Any, path: str | os.PathLike | None = None, *, data_roo
     # generators run torch inside their tasks (threaded already): one task at a time
     scheduler = "synchronous" if source.generated else None
     with dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext():
-        return write_prepared(ds, spec, path, name=source.name, config=conf, label=label, overwrite=overwrite,
-                              dtype=dtype, chunk_mb=chunk_mb, chunks=source.chunks(), nonfinite=source.nonfinite,
-                              check_input=not source.generated, progress=progress, extra_attrs=source.attrs())
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
+        return write_prepared(ds, spec, path, name=source.name, config=dataset_identity(conf), label=label,
+                              overwrite=overwrite, dtype=dtype, chunk_mb=chunk_mb, chunks=source.chunks(),
+                              nonfinite=source.nonfinite, check_input=not source.generated, progress=progress,
+                              extra_attrs=source.attrs(), max_gb=source.max_gb)
 
 
 def summary(p: PreparedData, seconds: float | None = None) -> str:

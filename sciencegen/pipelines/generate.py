@@ -49,7 +49,7 @@ from ..data.fields import DataError
 from ..data.store import store_bytes
 from ..errors import Interrupted, os_error_line, stop_requests
 from ..models.checkpoint import _normalise
-from .data import _human, dataset_config, make_source
+from .data import _human, dataset_config, dataset_identity, make_source
 from .generate_store import (
     GenerateError,
     Plan,
@@ -436,8 +436,8 @@ def _setup(cfg: Any, job: _Job) -> tuple[ModelInfo, dict[str, Any], Callable[...
     ds, spec, label = make_source(dataset).open()
     field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
     info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device)
-    identity = {"dataset": dataset, "model": info.identity, "sampler": job.identity_sampler, "seed": job.seed,
-                "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
+    identity = {"dataset": dataset_identity(dataset), "model": info.identity, "sampler": job.identity_sampler,
+                "seed": job.seed, "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
                 "variables": list(info.variables), "field_dims": list(info.field_dims)}
     coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
     var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}

@@ -10,27 +10,37 @@ skipped with the reason.
 * a Hydra multirun through the submitit launcher (four sweep points, four stores), each store compared with
   the same sweep run locally by Hydra's basic launcher;
 * the dependency chain of ``workflows/submit_chain.sh``: train -> generate array -> evaluate (Dask), every job
-  COMPLETED in ``sacct`` and the outputs there.
+  COMPLETED in ``sacct`` and the outputs there;
+* a job that can never be scheduled (more CPUs than the cluster has) fails the wait within seconds, naming
+  the job, SLURM's reason and the node;
+* SIGTERM to the batch script (``scancel --batch --signal=TERM``, what ``--signal=B:TERM@300`` does at the time
+  limit) of ``train_ddp.sbatch`` / a ``generate_array.sbatch`` task: a checkpoint / the complete chunks are
+  written, the job requeues itself, and its rerun resumes and COMPLETES (the store equal to a local run).
 
 Every job asks for 1 CPU and 1-2 GB, so two run side by side on a two-core machine; ``sacct`` is polled
-until every job and array task has a final state (its rows arrive a little after the jobs end).
+until every job and array task has a final state (its rows arrive a little after the jobs end). Every wait
+goes through :func:`_wait_for`, which fails fast when a job can never start.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 import xarray as xr
 
+T = TypeVar("T")
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +49,12 @@ STATE = Path(os.environ.get("SCIENCEGEN_SLURM_STATE", "/tmp/sciencegen-slurm"))
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE"}
 JOB_TIMEOUT = 420  # seconds for the jobs of one test (they normally need well under two minutes)
+# squeue reasons of a pending job that waiting does not cure: the request exceeds the partition or nodes, the
+# job is held, its dependency failed, its account/QOS is invalid, or the nodes it needs are down
+NEVER = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "DependencyNeverSatisfied",
+         "InvalidAccount", "InvalidQOS", "JobHeldAdmin", "JobHeldUser", "ReqNodeNotAvail", "NodeDown", "PartitionDown",
+         "PartitionInactive", "launch failed requeued held"}
+STUCK_AFTER = 3.0  # seconds a job shows such a reason (or a request larger than the nodes) before a wait fails
 # sbatch options for every job of the tests: small, so that two run at once on two cores
 SMALL_JOB = ["--cpus-per-task=1", "--mem=1G", "--time=10"]
 TINY = ["dataset=grf", "dataset.size=16", "model=oracle", "sampler=dpm2m", "sampler.steps=8", "generate.members=16",
@@ -85,20 +101,108 @@ def _sacct(job_ids: list[str], env: dict[str, str], fields: str = "State") -> di
     return rows
 
 
+def _nodes(env: dict[str, str]) -> list[tuple[str, str, int, int]]:
+    """``(name, state, CPUs, memory MB)`` of every node, from ``sinfo``."""
+    p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %c %m"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    rows = [line.split() for line in p.stdout.splitlines()]
+    return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows if len(r) == 4 and r[2].isdigit() and r[3].isdigit()]
+
+
+def _megabytes(text: str) -> int:
+    """``"1500M"``, ``"2G"``, ``"1T"`` (SLURM's memory notation) in MB."""
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", text)
+    if not m:
+        return 0
+    return int(float(m[1]) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m[2]])
+
+
+def _too_big(job: str, env: dict[str, str], nodes: list[tuple[str, str, int, int]]) -> str | None:
+    """Why pending ``job`` can never fit the usable nodes (more nodes, CPUs or memory per node than they
+    have), from its requested TRES in ``scontrol show job``; None when it fits."""
+    p = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True, timeout=60)
+    m = re.search(r"\b(?:Req)?TRES=(\S+)", p.stdout)   # 22.05: TRES=cpu=4,mem=4G,node=1; later: ReqTRES=
+    tres = dict(kv.split("=", 1) for kv in m[1].split(",") if "=" in kv) if m else {}
+    usable = [n for n in nodes if re.match(r"(idle|mixed|allocated|completing)", n[1])]
+    n_nodes, cpus = int(tres.get("node", 1)), int(tres.get("cpu", 1))
+    mem = _megabytes(tres.get("mem", "0")) // max(n_nodes, 1)
+    if n_nodes > len(usable):
+        return f"{n_nodes} nodes asked, {len(usable)} usable"
+    if cpus > sum(n[2] for n in usable):
+        return f"{cpus} CPUs asked, {sum(n[2] for n in usable)} on the usable nodes"
+    if usable and mem > max(n[3] for n in usable):
+        return f"{mem} MB per node asked, at most {max(n[3] for n in usable)} MB on a usable node"
+    return None
+
+
+def _never_starts(job_ids: list[str], env: dict[str, str], stuck: dict[str, float]) -> str | None:
+    """A line naming each job of ``job_ids`` that has been pending for ``STUCK_AFTER`` s with a reason that
+    waiting does not cure (``NEVER``, or a request larger than the nodes), its request and the nodes; None if
+    there is none. ``stuck`` keeps when each job was first seen so (kept across calls)."""
+    p = subprocess.run(["squeue", "-h", "-t", "PD", "-j", ",".join(job_ids), "-o", "%i|%j|%r"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    nodes: list[tuple[str, str, int, int]] | None = None
+    now, bad, seen, asked = time.monotonic(), [], set(), []
+    for line in p.stdout.splitlines():
+        job, name, reason = (line.split("|", 2) + ["", ""])[:3]
+        why = reason if reason.split(",")[0].strip() in NEVER else None
+        if why is None and reason in ("Resources", "Priority"):
+            nodes = _nodes(env) if nodes is None else nodes
+            too_big = _too_big(job.split("_")[0], env, nodes)
+            why = f"{reason}, but {too_big}" if too_big else None
+        if why is None:
+            continue
+        seen.add(job)
+        if now - stuck.setdefault(job, now) >= STUCK_AFTER:
+            bad.append(f"job {job} ({name}) can never start: {why}")
+            row = subprocess.run(["scontrol", "show", "job", "-o", job.split("_")[0]], env=env, capture_output=True,
+                                 text=True, timeout=60).stdout.splitlines()[:1]
+            asked += [" ".join(re.findall(r"\b(?:JobId|NumNodes|NumCPUs|MinMemory\w+|(?:Req)?TRES|Partition)=\S+",
+                                          r)) for r in row]
+    for job in set(stuck) - seen:
+        del stuck[job]
+    if not bad:
+        return None
+    nodes = _nodes(env) if nodes is None else nodes
+    have = ", ".join(f"{n} {st} {c} CPUs {m} MB" for n, st, c, m in nodes) or "no node"
+    return f"{'; '.join(bad)}. Asked: {'; '.join(asked)}. Nodes: {have}"
+
+
+def _wait_for(what: str, done: Callable[[], T | None], jobs: Callable[[], list[str]], env: dict[str, str],
+              logs: Path, timeout: float = JOB_TIMEOUT) -> T:
+    """Poll ``done()`` every second until it returns something other than None, and return that. Meanwhile a
+    job of ``jobs()`` that can never be scheduled (:func:`_never_starts`) fails the test within seconds,
+    naming the job, its reason, its request and the nodes; so does ``timeout``. Either way the jobs are
+    cancelled and their logs (under ``logs``) shown. Every wait for SLURM jobs in this file goes through here."""
+    t0 = time.monotonic()
+    stuck: dict[str, float] = {}
+    while True:
+        result = done()
+        if result is not None:
+            return result
+        ids = jobs()
+        problem = _never_starts(ids, env, stuck) if ids else None
+        late = time.monotonic() - t0 > timeout
+        if problem or late:
+            queue = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %j %T %r"], env=env,
+                                   capture_output=True, text=True, timeout=60).stdout.strip() if ids else ""
+            if ids:
+                subprocess.run(["scancel", *ids], env=env, capture_output=True, timeout=60)
+            why = problem or f"not done after {timeout:.0f} s; queue: {queue or 'empty'}"
+            pytest.fail(f"{what}: {why} (cancelled {ids})\n{_logs(logs)}")
+        time.sleep(1)
+
+
 def _wait(job_ids: list[str], expected: int, env: dict[str, str], logs: Path, timeout: float = JOB_TIMEOUT,
           ) -> dict[str, str]:
     """Poll ``sacct`` until ``expected`` rows (jobs + array tasks) all have a final state, or one failed and
-    none is still pending/running; on timeout, cancel the jobs and fail with their logs."""
-    t0 = time.monotonic()
-    rows: dict[str, str] = {}
-    while time.monotonic() - t0 < timeout:
+    none is still pending/running (:func:`_wait_for`: fails fast on a job that can never start)."""
+    def final() -> dict[str, str] | None:
         rows = _sacct(job_ids, env)
-        final = rows and all(s in FINAL for s in rows.values())
-        if final and (len(rows) >= expected or any(s != "COMPLETED" for s in rows.values())):
-            return rows
-        time.sleep(1)
-    subprocess.run(["scancel", *job_ids], env=env, capture_output=True, timeout=60)
-    pytest.fail(f"jobs {job_ids} not final after {timeout:.0f} s: {rows}\n{_logs(logs)}")
+        done = rows and all(s in FINAL for s in rows.values())
+        return rows if done and (len(rows) >= expected or any(s != "COMPLETED" for s in rows.values())) else None
+
+    return _wait_for(f"jobs {job_ids}", final, lambda: job_ids, env, logs, timeout)
 
 
 def _logs(folder: Path, limit: int = 6000) -> str:
@@ -213,24 +317,31 @@ def test_multirun_through_submitit(cluster, tmp_path):
     # submitit runs a sweep as ONE job array: each job sees SLURM_ARRAY_TASK_ID/COUNT and, unless
     # sciencegen-generate knows better, would take itself for one shard of its store (a quarter of the members)
     shard = [] if _array_is_a_sweep() else ["generate.shard=0/1"]
-    remote = subprocess.Popen(["sciencegen-generate", "--multirun", *_launcher(), *sweep, *common, *shard,
-                               f"hydra.sweep.dir={tmp_path / 'sweep-slurm'}",
-                               f"output.path={tmp_path / 'slurm' / store}"],
-                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_dir = tmp_path / "sweep-slurm"
+    remote_log = tmp_path / "multirun-slurm.out"
+    with remote_log.open("w") as log:
+        remote = subprocess.Popen(["sciencegen-generate", "--multirun", *_launcher(), *sweep, *common, *shard,
+                                   f"hydra.sweep.dir={sweep_dir}", f"output.path={tmp_path / 'slurm' / store}"],
+                                  env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
     local = subprocess.run(["sciencegen-generate", "--multirun", *sweep, *common,
                             f"hydra.sweep.dir={tmp_path / 'sweep-local'}", f"output.path={tmp_path / 'local' / store}"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=JOB_TIMEOUT)
     assert local.returncode == 0, local.stdout + local.stderr
+
+
+    def submitted() -> list[str]:   # submitit's folder per job: .submitit/ARRAYID_TASK
+        folder = sweep_dir / ".submitit"
+        return sorted({p.name.split("_")[0] for p in folder.glob("*_*") if re.fullmatch(r"\d+_\d+", p.name)})
+
     try:
-        out, _ = remote.communicate(timeout=JOB_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        remote.kill()
-        out, _ = remote.communicate()
-        pytest.fail(f"the submitit sweep did not finish in {JOB_TIMEOUT} s:\n{out[-4000:]}\n"
-                    f"{_logs(tmp_path / 'sweep-slurm')}")
-    assert remote.returncode == 0, f"{out[-4000:]}\n{_logs(tmp_path / 'sweep-slurm')}"
+        _wait_for("the submitit sweep", remote.poll, submitted, env, sweep_dir)
+    finally:
+        if remote.poll() is None:
+            remote.kill()
+            remote.wait()
+    out = remote_log.read_text()
+    assert remote.returncode == 0, f"{out[-4000:]}\n{_logs(sweep_dir)}"
     # Hydra's multirun layout: one numbered directory per sweep point; submitit's folder per SLURM job
-    sweep_dir = tmp_path / "sweep-slurm"
     assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
     assert (sweep_dir / "multirun.yaml").is_file()
     jobs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
@@ -285,3 +396,141 @@ def test_dependency_chain(cluster, tmp_path):
         pytest.skip(f"train -> generate chain COMPLETED (jobs {ids['train']}, {ids['generate']}); the evaluate "
                     "step was not run: sciencegen-evaluate is not installed")
     assert (run / "evaluate" / "metrics.json").is_file(), f"{list((run / 'evaluate').rglob('*'))}\n{_logs(run)}"
+
+
+def test_unschedulable_job_fails_fast(cluster, tmp_path):
+    """A job asking for more CPUs than the cluster has never starts (PartitionConfig): the wait fails within
+    seconds, naming the job, SLURM's reason and the node's CPUs, and cancels the job, instead of waiting
+    ``JOB_TIMEOUT``."""
+    env = _env(tmp_path)
+    nodes = _nodes(env)
+    cpus = sum(n[2] for n in nodes)
+    try:
+        job = _sbatch([f"--cpus-per-task={cpus + 1}", "--mem=100M", "--time=1", f"--output={tmp_path}/%j.out",
+                       "--wrap=true"], env, tmp_path)
+    except AssertionError as exc:   # some configurations refuse such a job at submission: nothing to wait for
+        pytest.skip(f"sbatch refuses a job larger than the cluster here: {exc}")
+    # SLURM's own reason, read independently of the helper
+    reason = ""
+    for _ in range(20):
+        reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], env=env, capture_output=True, text=True,
+                                timeout=60).stdout.strip()
+        if reason and reason != "None":
+            break
+        time.sleep(0.5)
+    assert reason not in ("", "None"), f"job {job}: no pending reason from squeue"
+    t0 = time.monotonic()
+    with pytest.raises(pytest.fail.Exception) as failed:
+        _wait([job], 1, env, tmp_path)
+    took = time.monotonic() - t0
+    message = str(failed.value)
+    assert took < 20, f"the wait took {took:.0f} s to give up: {message}"
+    assert f"job {job} (wrap) can never start: {reason}" in message, message
+    assert f"{nodes[0][0]} " in message and f" {nodes[0][2]} CPUs " in message, message
+    assert "JobTimeout" not in message and f"NumCPUs={cpus + 1}" in message, message
+    state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=env, capture_output=True, text=True,
+                           timeout=60).stdout.strip()
+    assert state in ("", "CANCELLED", "COMPLETING"), f"job {job} was not cancelled: {state}"
+
+
+def _sigterm_and_requeue(job: str, env: dict[str, str], logs: Path, started: Callable[[], bool]) -> None:
+    """Once ``started()``, send SIGTERM to the batch shell of ``job`` only (what ``--signal=B:TERM@...`` does
+    at the time limit), wait until the job has requeued itself, and let it start again at once (a requeued
+    job is otherwise held for about two minutes: BeginTime)."""
+    def ready() -> str | None:
+        if started():
+            return "started"
+        state = _sacct([job], env).get(job)
+        return state if state in FINAL else None
+
+    assert _wait_for(f"job {job} to start its work", ready, lambda: [job], env, logs) == "started", _logs(logs)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True, timeout=60)
+
+    def requeued() -> str | None:
+        info = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True,
+                              timeout=60).stdout
+        restarts = re.search(r"\bRestarts=(\d+)", info)
+        if restarts and int(restarts[1]) >= 1:
+            return "requeued"
+        state = _sacct([job], env).get(job)
+        return state if state in FINAL else None
+
+    assert _wait_for(f"job {job} to requeue itself", requeued, lambda: [job], env, logs) == "requeued", \
+        f"job {job} was not requeued after SIGTERM:\n{_logs(logs)}"
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, capture_output=True,
+                   timeout=60)
+
+
+def test_train_sigterm_checkpoints_and_requeues(cluster, tmp_path):
+    """``train_ddp.sbatch`` and SIGTERM to its batch shell (as at the time limit): the training writes a
+    checkpoint and stops, the job requeues itself, and its second run resumes from that checkpoint and ends
+    COMPLETED (one log, appended)."""
+    env = _env(tmp_path)
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    # only the SIGTERM path writes a checkpoint before the end (no periodic ones); 0.25 training minutes in all
+    train = ["dataset=grf", "dataset.size=16", "dataset.samples=64", "dataset.chunk=16", "train.max_steps=1000000",
+             "train.max_minutes=0.25", "train.batch_size=4", "train.progress=false", "train.figure_members=0",
+             "train.tensorboard=false", "train.log_every=5", "train.val_every=0", "train.ckpt_every_steps=0",
+             "train.ckpt_every_minutes=0"]
+    job = _sbatch(["--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", "--time=10", f"--output={logs}/train-%j.out",
+                   f"--export=ALL,RUN_DIR={run}", str(WORKFLOWS / "train_ddp.sbatch"), *train], env, tmp_path)
+    metrics = run / "metrics.csv"
+    _sigterm_and_requeue(job, env, logs, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) > 1)
+    rows = _wait([job], 1, env, logs)
+    _assert_completed(rows, 1, logs)
+    log = (logs / f"train-{job}.out").read_text()
+    first, _, second = log.partition(f"sciencegen-train: job {job} requeued (restart 1)")
+    assert second, f"the job did not requeue itself:\n{log}"
+    interrupted = re.search(r"interrupted \(SIGTERM\); checkpoint step (\d+) written", first)
+    assert interrupted, f"no 'interrupted (SIGTERM); checkpoint step N written' line before the requeue:\n{log}"
+    step = int(interrupted[1])
+    sidecar = run / "checkpoints" / f"step_{step:09d}.json"   # written next to the checkpoint, with its step
+    assert sidecar.is_file(), f"{sorted(p.name for p in (run / 'checkpoints').glob('*'))}\n{log}"
+    assert json.loads(sidecar.read_text())["step"] == step
+    assert re.search(rf"resumed from \S+step_{step:09d}\.pt \(step {step},", second), \
+        f"the requeued run did not resume from step {step}:\n{log}"
+    assert "stopped by max_minutes" in second, log
+    history = _sacct_all(job, env)
+    assert history[:1] == ["REQUEUED"] and history[-1:] == ["COMPLETED"], history
+
+
+def _sacct_all(job: str, env: dict[str, str]) -> list[str]:
+    """Every run of ``job`` in ``sacct -D`` (requeues included), oldest first: their states."""
+    p = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "JobID,State"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    return [line.split("|")[1].split()[0] for line in p.stdout.splitlines() if "|" in line]
+
+
+def test_generate_sigterm_requeues_and_completes(cluster, tmp_path):
+    """``generate_array.sbatch`` and SIGTERM to a task's batch shell mid-run: sciencegen-generate stops after
+    the chunk in flight, the task requeues itself and fills the rest; the store equals a local run."""
+    env = _env(tmp_path)
+    store, local, logs = tmp_path / "array.zarr", tmp_path / "local.zarr", tmp_path / "logs"
+    logs.mkdir()
+    members = 192   # 96 chunks of 2, about 12 s of sampling on one core
+    slow = [o for o in TINY if not o.startswith(("sampler.steps", "generate.members"))] + [
+        "sampler.steps=256", f"generate.members={members}"]
+    job = _sbatch(["--array=0", *SMALL_JOB, f"--output={logs}/gen-%A_%a.out", f"--export=ALL,STORE={store}",
+                   str(WORKFLOWS / "generate_array.sbatch"), *slow], env, tmp_path)
+    task = f"{job}_0"
+    out = logs / f"gen-{job}_0.out"
+    # the local reference runs meanwhile
+    ref = subprocess.Popen(["sciencegen-generate", *slow, f"output.path={local}",
+                            f"hydra.run.dir={tmp_path / 'local-run'}"], env=env, cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGTERM once a chunk is complete (its flags are on disk: zarr v3 complete/c/N, v2 complete/N)
+    flags = store / "complete"
+    _sigterm_and_requeue(task, env, logs, lambda: any(flags.glob("c/*")) or any(flags.glob("[0-9]*")))
+    rows = _wait([job], 1, env, logs)
+    ref_out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, ref_out
+    _assert_completed(rows, 1, logs)
+    log = out.read_text()
+    parts = re.split(r"task 0 \(job \d+\) requeued \(restart 1\)", log)   # the task's own job id
+    assert len(parts) == 2, f"the task did not requeue itself (once):\n{log}"
+    first, second = parts
+    assert re.search(r"interrupted \(SIGTERM\)", first), f"no 'interrupted (SIGTERM)' line before the requeue:\n{log}"
+    done = re.search(r"(\d+) already written", second)
+    assert done and 0 < int(done[1]) < members, f"the second run did not resume from the first one's chunks:\n{log}"
+    _assert_same_ensemble(store, local)

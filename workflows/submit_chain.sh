@@ -134,7 +134,21 @@ echo "submit_chain: run dir $RUN_DIR, store $STORE$([[ $EVALUATE == 1 ]] && echo
 # --wait: until no job of the chain is queued or running, then until sacct has a final state for every job
 # (its rows arrive a little after the jobs end)
 list=$(IFS=,; echo "${ids[*]}")
-while [[ -n $(squeue -h -j "$list" -o %A 2>/dev/null) ]]; do sleep 5; done
+# a job pending for a reason that waiting does not cure (it asks for more than the partition or its nodes
+# have, or for an account/QOS it may not use) ends the wait at once, naming it; the jobs stay queued
+never='^(PartitionConfig|PartitionNodeLimit|PartitionTimeLimit|BadConstraints|InvalidAccount|InvalidQOS)$'
+while [[ -n $(squeue -h -j "$list" -o %A 2>/dev/null) ]]; do
+    stuck=$(squeue -h -j "$list" -t PD -o '%i %r' 2>/dev/null | awk -v re="$never" '$2 ~ re' || true)
+    if [[ -n $stuck ]]; then
+        while read -r job reason; do
+            echo "submit_chain: job $job can never start: $reason ($(scontrol show job -o "${job%%_*}" 2>/dev/null |
+                grep -o 'TRES=[^ ]*' | head -n 1); nodes: $(sinfo -h -o '%P %D nodes %c CPUs %m MB' | paste -sd ';'))" >&2
+        done <<<"$stuck"
+        echo "submit_chain: fix the sbatch options and resubmit; cancel the chain with: scancel $list" >&2
+        exit 1
+    fi
+    sleep 5
+done
 expected=$(( ${#ids[@]} - 1 + TASKS ))   # one row per job, one per array task
 final='^(COMPLETED|FAILED|CANCELLED.*|TIMEOUT|OUT_OF_MEMORY|NODE_FAIL|PREEMPTED|BOOT_FAIL|DEADLINE)$'
 for _ in $(seq 60); do

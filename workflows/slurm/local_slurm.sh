@@ -157,10 +157,20 @@ wait_for() {
 
 # ------------------------------------------------------------------------------------------------ configs
 
+# the CPUs this machine lets us use: the scheduler affinity mask (cpusets of containers included). Not plain
+# `nproc`: it honours OMP_NUM_THREADS / OMP_THREAD_LIMIT, so `OMP_NUM_THREADS=1` (common on clusters) would
+# make a 1-CPU node on which multi-CPU jobs never start
+machine_cpus() {
+    local n
+    n=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || true)
+    [[ $n =~ ^[1-9][0-9]*$ ]] || n=$(getconf _NPROCESSORS_ONLN)
+    echo "$n"
+}
+
 write_configs() {
     local host cpus mem_kb real_mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(machine_cpus)
     mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
     real_mem=$((mem_kb * 90 / 100 / 1024))   # MiB, a bit under the kernel's total: slurmd must not report less
     mkdir -p "$STATE"/{etc,log,pids,run,ctld,spool}
@@ -374,6 +384,10 @@ cmd_start() {
     done
     if [[ ${#running[@]} -eq ${#DAEMONS[@]} ]] && node_idle "$host"; then
         say "already up (state $STATE): $(timeout 10 sinfo -h -N -o '%N %T %c CPUs %m MB' | head -n 1)"
+        local have
+        have=$(timeout 10 sinfo -h -N -n "$host" -o '%c' | head -n 1)
+        [[ $have == "$(machine_cpus)" ]] || say "note: the node has $have CPUs, the machine $(machine_cpus)" \
+            "(configured by an older start): $0 stop && $0 start"
         return 0
     fi
     [[ ${#running[@]} -gt 0 ]] && say "running already: ${running[*]}; starting the others"

@@ -23,7 +23,7 @@ def _threads(n: int | None) -> None:
 
 def bench(argv: list[str] | None = None) -> int:
     """``sciencegen-bench``: samplers side by side on the exact GRF target."""
-    from .pipelines.bench import DEFAULT_SAMPLERS, format_table, plot_tradeoff, rows_as_dicts, run_bench, run_scaling
+    from .pipelines.bench import DEFAULT_SAMPLERS
 
     p = argparse.ArgumentParser(
         prog="sciencegen-bench",
@@ -46,6 +46,23 @@ def bench(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--figure", default=None, help="write the rounds-vs-NFE figure to this PNG")
     a = p.parse_args(argv)
+    try:
+        return _bench(a)
+    except KeyboardInterrupt:
+        print("sciencegen-bench: interrupted; nothing to resume (a benchmark writes only at the end)", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        from .errors import os_error_line
+
+        print(f"sciencegen-bench: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from .pipelines.bench import format_table, plot_tradeoff, rows_as_dicts, run_bench, run_scaling
+
     try:
         import torch
 

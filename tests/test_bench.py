@@ -55,3 +55,23 @@ def test_noise_is_counter_based():
     f32 = noise.normal(5, [0], 10, (3, 4), dtype=torch.float32)
     assert torch.equal(f32[0], a[0].float())  # drawn in float64 then cast: same numbers in any dtype
     assert abs(float(noise.normal(1, list(range(200)), 3, (50,)).std()) - 1) < 0.02
+
+
+def test_ctrl_c_is_one_line():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from sciencegen.cli import bench; raise SystemExit(bench())",
+                             "--size", "64", "--steps", "2000", "--repeats", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 60
+    first = proc.stdout.readline()  # the header: the benchmark is running
+    assert first.startswith("GRF"), first
+    assert time.time() < deadline
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("sciencegen-bench: interrupted"), out

@@ -514,7 +514,18 @@ def _run_dir_problem(cfg: Any) -> str | None:
 
 
 def _app(prog: str, config_name: str, target: str) -> None:
-    """Run the Hydra app ``config_name`` with ``sciencegen.pipelines.<target>``; user errors are one line."""
+    """Run the Hydra app ``config_name`` with ``sciencegen.pipelines.<target>``; user errors are one line.
+
+    Ctrl-C while the command is still starting (imports, composing the config) is one line too.
+    """
+    try:
+        _start(prog, config_name, target)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _start(prog: str, config_name: str, target: str) -> None:
     import importlib
 
     import hydra
@@ -527,8 +538,7 @@ def _app(prog: str, config_name: str, target: str) -> None:
     @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg) -> None:
         module, func = target.split(":")
-        mod = importlib.import_module(f"sciencegen.pipelines.{module}")
-        _guarded(prog, lambda: getattr(mod, func)(cfg))
+        _guarded(prog, lambda: getattr(importlib.import_module(f"sciencegen.pipelines.{module}"), func)(cfg))
 
     _main()
 

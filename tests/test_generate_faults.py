@@ -156,11 +156,16 @@ def test_corrupt_chunks_are_found_and_regenerated_with_verify(reference, tmp_pat
     chunk1 = p / "field" / "c" / "1" / "0" / "0"
     chunk1.write_bytes(chunk1.read_bytes()[:20])  # truncated
     (p / "nfe" / "c" / "2").write_bytes(b"garbage!" * 5)  # garbled
+    chunk0 = p / "field" / "c" / "0" / "0" / "0"
+    flipped = bytearray(chunk0.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x10  # one bit: decodes fine without a checksum
+    chunk0.write_bytes(bytes(flipped))
     s = run_generate(config(f"output.path={p}"))
     assert s["done"] == 0  # without verify a rerun trusts the flags (documented)
     with caplog.at_level(logging.WARNING, logger="sciencegen.pipelines.generate"):
         s = run_generate(config(f"output.path={p}", "generate.verify=true"))
-    assert s["done"] == 8 and s["complete"] == 12
+    assert s["done"] == 12 and s["complete"] == 12
+    assert "members 0..3 flagged complete but unreadable" in caplog.text
     assert "members 4..7 flagged complete but unreadable" in caplog.text
     assert "members 8..11 flagged complete but unreadable" in caplog.text
     np.testing.assert_array_equal(field(p), field(reference))
@@ -305,3 +310,34 @@ def test_read_only_working_directory_is_one_line_before_hydra(tmp_path):
     assert proc.returncode == 2, out
     one_line_error(out, "cannot write the run directory", "read-only", "hydra.run.dir")
     assert not (tmp_path / "elsewhere.zarr").exists()
+
+
+def test_an_overwrite_killed_while_deleting_leaves_no_store_claiming_lost_members(reference, tmp_path, monkeypatch):
+    from sciencegen.pipelines import generate_store
+
+    p = tmp_path / "o.zarr"
+    shutil.copytree(reference, p)
+
+    real = shutil.rmtree
+
+    def killed(path, *a, **k):  # the process dies half-way through deleting the old store
+        real(Path(path) / "nfe")
+        raise SystemExit(137)
+
+    monkeypatch.setattr(generate_store.shutil, "rmtree", killed)
+    with pytest.raises(SystemExit):
+        run_generate(config(f"output.path={p}", "generate.seed=1", "output.overwrite=true"))
+    monkeypatch.undo()
+    assert not p.exists()  # the old store was renamed aside first: nothing at the path claims anything
+    assert len(list(tmp_path.glob(".o.zarr.old-*"))) == 1
+    s = run_generate(config(f"output.path={p}", "generate.seed=1"))
+    assert s["complete"] == 12 and not list(tmp_path.glob(".o.zarr.old-*"))  # the leftover is cleaned
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    proc = cli(tmp_path, f"output.path={tmp_path / 's.zarr'}")
+    time.sleep(0.6)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "interrupted" in out.strip().splitlines()[-1], out

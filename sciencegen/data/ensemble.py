@@ -191,11 +191,16 @@ def _stray(path: Path, names: set[str]) -> bool:
 
 
 def _encoding(template: xr.Dataset, variables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    # explicit fill values: unwritten members read as NaN and unwritten flags as "not complete" on every zarr
+    # explicit fill values: unwritten members read as NaN and unwritten flags as "not complete" on every zarr;
+    # zstd with its content checksum: a flipped bit in a chunk fails to decode instead of reading as other numbers
+    import zarr
+
     enc: dict[str, dict[str, Any]] = {v: {"_FillValue": np.float32("nan")} for v in variables}
     enc["complete"] = {"_FillValue": False}
     for v in ("rounds", "nfe"):
         enc[v] = {"_FillValue": np.int32(0)}
+    for e in enc.values():
+        e["compressors"] = [zarr.codecs.ZstdCodec(level=0, checksum=True)]
     return {k: v for k, v in enc.items() if k in template}
 
 

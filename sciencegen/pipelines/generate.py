@@ -386,35 +386,43 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     Interrupted
         SIGINT / SIGTERM: the job stopped after the chunk in flight; everything complete is kept.
     """
-    from ..samplers.distributed import SplitDenoiser
-
     gen, out = cfg["generate"], cfg["output"]
     job = _parse(cfg)
     dist = _Dist(gen.get("distributed", "auto"), job.device)
-    plan = None
+    held: list[Plan] = []  # the plan once made (rank 0 holds the store's lock in it)
     try:
-        _check_netcdf(out.get("netcdf"))
-        info, identity, make_template, label = _setup(cfg, job)
-        path = None if out.get("discard") else Path(str(out.get("path") or _default_output())).expanduser()
-        if dist.rank == 0:
-            plan = _plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
-                         info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
-        shared = dist.broadcast(dataclasses.replace(plan, lock=None) if plan is not None else None)
-        plan = plan or shared
-        model = SplitDenoiser(info.denoiser) if dist.on else info.denoiser
-        writer = dist.rank == 0 and plan.path is not None
-        run = _announce(job, plan, info, label, dist.rank == 0)
-        with stop_requests() as stop:
-            _sample_chunks(job, plan, info, model, run, stop, dist, writer, gen)
-        return _finish(job, plan, run, writer, out, dist.rank == 0)
+        with stop_requests() as stop:  # a signal from here on stops the job at its next safe point
+            return _run(cfg, job, dist, stop, held)
     except OSError as exc:
         if exc.errno is None:
             raise
-        raise GenerateError(_kept(os_error_line(exc, str(out.get("path"))), plan)) from None
+        raise GenerateError(_kept(os_error_line(exc, str(out.get("path"))), held[0] if held else None)) from None
     finally:
-        if plan is not None and plan.lock is not None:
-            plan.lock.release()
+        if held and held[0].lock is not None:
+            held[0].lock.release()
         dist.close()
+
+
+def _run(cfg: Any, job: _Job, dist: _Dist, stop: Any, held: list[Plan]) -> dict[str, Any]:
+    """The phases of :func:`run_generate`: check outputs, set up, plan the store, sample, finish."""
+    from ..samplers.distributed import SplitDenoiser
+
+    gen, out = cfg["generate"], cfg["output"]
+    _check_netcdf(out.get("netcdf"))
+    info, identity, make_template, label = _setup(cfg, job)
+    path = None if out.get("discard") else Path(str(out.get("path") or _default_output())).expanduser()
+    plan = None
+    if dist.rank == 0:
+        plan = _plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
+                     info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
+        held.append(plan)
+    shared = dist.broadcast(dataclasses.replace(plan, lock=None) if plan is not None else None)
+    plan = plan or shared
+    model = SplitDenoiser(info.denoiser) if dist.on else info.denoiser
+    writer = dist.rank == 0 and plan.path is not None
+    run = _announce(job, plan, info, label, dist.rank == 0)
+    _sample_chunks(job, plan, info, model, run, stop, dist, writer, gen)
+    return _finish(job, plan, run, writer, out, dist.rank == 0)
 
 
 def _kept(line: str, plan: Plan | None) -> str:
@@ -517,6 +525,9 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
     store_id = plan.meta.get("store_id")
     try:
         for c in plan.todo:
+            if dist.agree(bool(stop)):
+                run.stopped = stop.signal or "a signal on another rank"
+                break
             a, b = plan.chunks[c]
             fields_, res = _sample_chunk(job, info, model, a, b, run.batch)
             rpm, npm = res.stats["rounds_per_member"].numpy(), res.stats["nfe_per_member"].numpy()
@@ -532,9 +543,6 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
             if bar is not None:
                 bar.set_postfix(rounds=int(res.stats["rounds"]), nfe=f"{npm.mean():.0f}", refresh=False)
                 bar.update(b - a)
-            if dist.agree(bool(stop)):
-                run.stopped = stop.signal or "a signal on another rank"
-                break
         if pending is not None:
             run.written += pending.result()
             run.chunks_written += 1

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,8 +182,18 @@ def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
         raise GenerateError(f"output.path {path} is being written by another sciencegen-generate job (it holds "
                             f"{lock.file if lock else 'the lock'}): output.overwrite=true would delete its members; "
                             "wait for it or stop it, then rerun")
-    shutil.rmtree(path)
+    # rename aside first (atomic): a kill during the deletion leaves no store claiming members it lost
+    aside = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
     return None
+
+
+def _remove_stale_asides(path: Path) -> None:
+    """Delete ``.NAME.old-*`` siblings left by overwrites that were killed (call with the lock held exclusively)."""
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        log.info("removing %s, left by an overwrite that was interrupted", old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -284,6 +295,8 @@ def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: 
     if meta is None:
         if lock is None:
             raise GenerateError(os_error_line(why, str(path)))
+        if lock.exclusive():  # nobody else is at this path: leftovers of killed overwrites can go
+            _remove_stale_asides(path)
         meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk, "batch_size": batch,
                 "store_id": uuid.uuid4().hex}
         try:

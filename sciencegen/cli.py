@@ -516,12 +516,19 @@ def _run_dir_problem(cfg: Any) -> str | None:
 def _app(prog: str, config_name: str, target: str) -> None:
     """Run the Hydra app ``config_name`` with ``sciencegen.pipelines.<target>``; user errors are one line.
 
-    Ctrl-C while the command is still starting (imports, composing the config) is one line too.
+    Ctrl-C or SIGTERM outside the job's own safe points (while starting: imports, composing the config; or
+    while exiting) is one line too: the job writes nothing there that a rerun would not redo.
     """
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # the jobs install their own handler around their work
     try:
         _start(prog, config_name, target)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted while starting; nothing was written", file=sys.stderr)
+        print(f"{prog}: interrupted; what was complete is kept, rerun the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
 
 

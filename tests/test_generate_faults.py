@@ -334,10 +334,11 @@ def test_an_overwrite_killed_while_deleting_leaves_no_store_claiming_lost_member
     assert s["complete"] == 12 and not list(tmp_path.glob(".o.zarr.old-*"))  # the leftover is cleaned
 
 
-def test_ctrl_c_while_starting_is_one_line(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_starting_is_one_line(tmp_path, sig):
     proc = cli(tmp_path, f"output.path={tmp_path / 's.zarr'}")
     time.sleep(0.6)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "interrupted" in out.strip().splitlines()[-1], out

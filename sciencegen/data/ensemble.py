@@ -270,13 +270,17 @@ def write_chunk(path: str, store_id: str | None, start: int, stop: int, fields_:
     import zarr
 
     _check_owner(path, store_id)
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    for v, a in fields_.items():
-        group[v][start:stop] = a
-    group["rounds"][start:stop] = rounds.astype(np.int32)
-    group["nfe"][start:stop] = nfe.astype(np.int32)
-    _check_owner(path, store_id)
-    group["complete"][start:stop] = np.ones(stop - start, dtype=bool)  # last: the members are now on disk
+    try:
+        group = zarr.open_group(path, mode="r+", use_consolidated=False)
+        for v, a in fields_.items():
+            group[v][start:stop] = a
+        group["rounds"][start:stop] = rounds.astype(np.int32)
+        group["nfe"][start:stop] = nfe.astype(np.int32)
+        _check_owner(path, store_id)
+        group["complete"][start:stop] = np.ones(stop - start, dtype=bool)  # last: the members are now on disk
+    except (OSError, KeyError):  # the store vanished under the write: say so, not which temp file failed
+        _check_owner(path, store_id)
+        raise
     return int(sum(a.nbytes for a in fields_.values()))
 
 

@@ -347,7 +347,7 @@ def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str
     """Root attributes: the input's, CF ``Conventions``, a ``history`` line and our metadata (``complete: false``)."""
     from .. import __version__
 
-    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     attrs = dict(out.attrs)
     attrs.setdefault("Conventions", CONVENTIONS)
     attrs.update(extra_attrs or {})

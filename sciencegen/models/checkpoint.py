@@ -332,7 +332,7 @@ def save_checkpoint(
         _fsync_dir(run)
     _remove_stale_temps(d)
 
-    saved_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    saved_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -1210,19 +1210,18 @@ def _sigterm_stops() -> Iterator[None]:
     The evaluation holds no state worth a safe point (nothing is written before the end, atomically), so it
     stops at once: Dask's waiting main thread is interrupted and the tasks in flight are abandoned.
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
         raise _Terminated("SIGTERM")
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_evaluate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -1419,7 +1418,7 @@ def _result(dataset: dict[str, Any], samples: Side, ref: Side, metrics: dict[str
     v0 = next(iter(samples.data))
     return {
         "version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": _command(),
         "dataset": dataset,
         "samples": samples.info,

@@ -256,7 +256,7 @@ def store_attrs(meta: dict[str, Any], identity: dict[str, Any], info: ModelInfo,
         "Conventions": "CF-1.8",
         "title": f"{identity['dataset'].get('name', 'dataset')} ensemble from sciencegen",
         "source": f"sciencegen {version}",
-        "history": f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}: "
+        "history": f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}: "
                    f"sciencegen-generate {identity['sampler']['name']}",
         "sampler": identity["sampler"]["name"],
         "sampler_steps": identity["sampler"]["steps"],

@@ -277,16 +277,24 @@ def test_cli_errors_are_one_line(tmp_path):
 # ------------------------------------------------------------------------------------------- a trained model
 
 
-def test_trained_checkpoint(tmp_path):
-    from sciencegen.pipelines.train import load_model, run_train
+def train_tiny(tmp_path: Path, steps: int) -> Path:
+    """A tiny U-Net trained for ``steps`` steps on grf 16²; its run directory."""
+    from sciencegen.pipelines.train import run_train
 
     with initialize_config_module("sciencegen.conf", version_base="1.3"):
         tcfg = compose("train", overrides=[
             "dataset=grf", "dataset.size=16", "dataset.samples=64", "dataset.chunk=32", "model=unet",
-            "train.max_steps=2", "train.batch_size=4", "train.val_every=0", "train.figure_members=0",
+            f"train.max_steps={steps}", "train.batch_size=4", "train.val_every=0", "train.figure_members=0",
             "train.progress=false", "train.threads=1", "train.tensorboard=false", "train.warmup_steps=1",
             f"run_dir={tmp_path / 'run'}", f"data_root={tmp_path / 'data'}"])
     run_train(tcfg)
+    return tmp_path / "run"
+
+
+def test_trained_checkpoint(tmp_path):
+    from sciencegen.pipelines.train import load_model
+
+    train_tiny(tmp_path, 2)
     p = tmp_path / "s.zarr"
     over = ["model=unet", f"model.checkpoint={tmp_path / 'run'}", "sampler=picard_dpm2m", "sampler.steps=8",
             "generate.members=3", "generate.batch_size=2", f"output.path={p}"]

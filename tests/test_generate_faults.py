@@ -20,7 +20,7 @@ import pytest
 import xarray as xr
 import zarr
 from fsfaults import read_only, small_fs
-from test_generate import cli, config, field
+from test_generate import cli, config, field, train_tiny
 
 from sciencegen.data import ensemble as E
 from sciencegen.pipelines import generate as G
@@ -264,17 +264,7 @@ def test_signal_stops_after_the_chunk_in_flight(tmp_path, sig):
 
 
 def test_checkpoint_from_another_dataset_configuration_warns(tmp_path, caplog):
-    from hydra import compose, initialize_config_module
-
-    from sciencegen.pipelines.train import run_train
-
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
-        tcfg = compose("train", overrides=[
-            "dataset=grf", "dataset.size=16", "dataset.samples=64", "dataset.chunk=32", "model=unet",
-            "train.max_steps=1", "train.batch_size=4", "train.val_every=0", "train.figure_members=0",
-            "train.progress=false", "train.threads=1", "train.tensorboard=false", "train.warmup_steps=1",
-            f"run_dir={tmp_path / 'run'}", f"data_root={tmp_path / 'data'}"])
-    run_train(tcfg)
+    train_tiny(tmp_path, 1)
     over = ["model=unet", f"model.checkpoint={tmp_path / 'run'}", "sampler=picard_dpm2m", "sampler.steps=4",
             "generate.members=2", "generate.batch_size=2"]
     with caplog.at_level(logging.WARNING, logger="sciencegen.pipelines.generate"):

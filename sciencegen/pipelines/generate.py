@@ -5,17 +5,11 @@ coordinates, one float32 variable per physical variable in physical units, chunk
 members along ``member``; per-member ``rounds``, ``nfe`` and ``complete``; the resolved config, sampler,
 model identity, version and CF ``Conventions`` in the attributes.
 
-How it stays correct:
-
-* the store is created up front with its full shape (a lazy Dask template written with
-  ``compute=False``: metadata and coordinates only) in a hidden sibling directory and renamed into place,
-  so concurrent shards race safely: one creates it, the others open it and check its identity;
-* a chunk of members is the unit of work: its data are written first, then its ``complete`` flags (each
-  Zarr chunk write is atomic), so a kill at any point leaves flags only on members whose bytes are written;
-  a rerun skips flagged chunks and recomputes the rest;
-* member ``i`` depends only on ``(seed, i)`` (:func:`sciencegen.sample`), so batch size, shards and
-  interruptions do not change a single byte on CPU;
-* a shard ``i/n`` owns a contiguous, chunk-aligned slice of members: processes never share a chunk.
+How it stays correct: the store's on-disk rules (identity token, lock, data before flags) are in
+:mod:`sciencegen.data.ensemble`, its planning in :mod:`.generate_store`. Member ``i`` depends only on
+``(seed, i)`` and on the batch that sampled it, which the store records, so resumes, shards and interruptions
+give the same bytes; a shard ``i/n`` owns a contiguous, chunk-aligned slice of members. SIGINT / SIGTERM stop
+the job after the chunk in flight.
 """
 
 from __future__ import annotations
@@ -41,8 +35,6 @@ import xarray as xr
 from ..data.ensemble import (
     ATTR,
     completed_members,
-    is_zarr,
-    read_meta,
     write_chunk,
 )
 from ..data.fields import DataError
@@ -79,8 +71,6 @@ __all__ = [
 
 
 log = logging.getLogger(__name__)
-# former private names, kept for callers of the previous layout (sciencegen.data.ensemble is the public API)
-_is_zarr, _read_meta = is_zarr, read_meta
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
@@ -171,10 +161,7 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
         ds_name = (meta.get("dataset") or {}).get("name", "?")
         raise GenerateError(f"checkpoint {meta['path']} was trained on {ds_name} with {show(trained)}, but the "
                             f"dataset has {show(asked)}: pick the matching dataset options or another checkpoint")
-    differences = dataset_differences(meta.get("dataset") or {}, _plain(dataset_cfg))
-    if differences:
-        log.warning("checkpoint %s was trained on another dataset configuration (%s): its samples follow the "
-                    "training data, not this configuration", meta["path"], "; ".join(differences))
+    _warn_other_dataset(meta, dataset_cfg)
     identity = {"name": name, "checkpoint": str(Path(meta["path"]).resolve()), "step": int(meta["step"]),
                 "sha256": _file_digest(meta["path"])}
     return ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
@@ -189,6 +176,13 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): value}
+
+
+def _warn_other_dataset(meta: Mapping[str, Any], dataset_cfg: Any) -> None:
+    differences = dataset_differences(meta.get("dataset") or {}, _plain(dataset_cfg))
+    if differences:
+        log.warning("checkpoint %s was trained on another dataset configuration (%s): its samples follow the "
+                    "training data, not this configuration", meta["path"], "; ".join(differences))
 
 
 def dataset_differences(trained: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:

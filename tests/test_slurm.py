@@ -193,6 +193,18 @@ def _wait_for(what: str, done: Callable[[], T | None], jobs: Callable[[], list[s
         time.sleep(1)
 
 
+def _controller_states(job_ids: list[str], env: dict[str, str]) -> list[str]:
+    """The states slurmctld holds for the jobs and array tasks of ``job_ids`` (empty once it has forgotten
+    them). ``sacct`` lags behind it: a requeued job's first run reads FAILED there until the record of its
+    next run reaches slurmdbd, so a wait that trusts ``sacct`` alone can end one run early."""
+    states = []
+    for job in job_ids:
+        info = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True,
+                              timeout=60).stdout
+        states += re.findall(r"\bJobState=(\S+)", info)
+    return states
+
+
 def _wait(job_ids: list[str], expected: int, env: dict[str, str], logs: Path, timeout: float = JOB_TIMEOUT,
           ) -> dict[str, str]:
     """Poll ``sacct`` until ``expected`` rows (jobs + array tasks) all have a final state, or one failed and
@@ -200,6 +212,8 @@ def _wait(job_ids: list[str], expected: int, env: dict[str, str], logs: Path, ti
     def final() -> dict[str, str] | None:
         rows = _sacct(job_ids, env)
         done = rows and all(s in FINAL for s in rows.values())
+        ctl = _controller_states(job_ids, env) if done else []
+        done = done and (not ctl or sorted(ctl) == sorted(rows.values()))   # sacct caught up with slurmctld
         return rows if done and (len(rows) >= expected or any(s != "COMPLETED" for s in rows.values())) else None
 
     return _wait_for(f"jobs {job_ids}", final, lambda: job_ids, env, logs, timeout)

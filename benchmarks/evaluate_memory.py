@@ -45,10 +45,12 @@ def build_store(path: Path, size: int, gb: float, chunk_mb: float, incomplete_ch
     small = path.parent / f".{path.name}.small"
     if small.exists():
         shutil.rmtree(small)
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
+
+    from sciencegen.config import config_dir
 
     register()
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("generate", overrides=[
             "dataset=grf", f"dataset.size={size}", "model=oracle", "sampler=dpm2m", "sampler.steps=8",
             "generate.members=2", "generate.batch_size=2", "generate.progress=false", f"output.path={small}"])

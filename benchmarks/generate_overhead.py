@@ -24,9 +24,9 @@ from pathlib import Path
 
 def child(args: argparse.Namespace) -> None:
     import torch
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
 
-    from sciencegen.config import register
+    from sciencegen.config import config_dir, register
     from sciencegen.pipelines.generate import run_generate
 
     torch.set_num_threads(args.threads)
@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     over = ["dataset=grf", f"dataset.size={args.size}", "model=oracle", f"sampler={args.sampler}",
             f"sampler.steps={args.steps}", f"generate.members={args.members}", f"generate.batch_size={args.batch}",
             "generate.progress=false", f"output.path={args.out}", f"output.discard={str(args.discard).lower()}"]
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("generate", overrides=over)
     import contextlib
     import io

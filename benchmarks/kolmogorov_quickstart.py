@@ -50,12 +50,14 @@ LOW_K = 8
 
 def compose_config(a: argparse.Namespace):
     """The ``sciencegen-train`` config of this benchmark (Hydra compose of the package's configs)."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
+
+    from sciencegen.config import config_dir
 
     over = ["dataset=kolmogorov", "dataset.variables=[vorticity]", "model=unet", f"train.max_minutes={a.minutes}",
             f"train.threads={a.threads}", f"train.progress={str(sys.stderr.isatty()).lower()}",
             f"data_root={a.data_root}", f"run_dir={a.run_dir}", *a.set]
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=over)
 
 

@@ -29,15 +29,16 @@ import torch
 
 def framework(size: int, batch: int, steps: int, warm: int, preset: str, data_root: str, run_dir: str) -> float:
     """Seconds per step of ``run_train`` between step ``warm`` and ``warm + steps``."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
 
+    from sciencegen.config import config_dir
     from sciencegen.pipelines.train import run_train
 
     over = [f"dataset.size={size}", "dataset.samples=2048", f"model.preset={preset}", f"train.batch_size={batch}",
             f"train.max_steps={warm + steps}", "train.log_every=1", "train.val_every=0", "train.ckpt_every_steps=0",
             "train.ckpt_every_minutes=0", "train.figure_members=0", "train.tensorboard=false",
             f"data_root={data_root}", f"run_dir={run_dir}", "train.progress=false"]
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=over)
     run_train(cfg)
     with open(Path(run_dir) / "metrics.csv", newline="") as f:

@@ -155,7 +155,9 @@ def _search_path(search: _Search) -> Any:
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.utils import validate_config_path
 
-    config_path = "conf" if search.config_path is None else search.config_path
+    from .config import config_dir
+
+    config_path = str(config_dir()) if search.config_path is None else search.config_path
     try:
         validate_config_path(config_path)
     except ValueError:
@@ -537,12 +539,11 @@ def _start(prog: str, config_name: str, target: str) -> None:
 
     import hydra
 
-    from .config import register
+    from .config import config_dir
 
-    register()
     _precheck(prog, config_name, sys.argv[1:])
 
-    @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _main(cfg) -> None:
         module, func = target.split(":")
         _guarded(prog, lambda: getattr(importlib.import_module(f"sciencegen.pipelines.{module}"), func)(cfg))

@@ -20,7 +20,9 @@ cannot express ``str | list[str]``. So are the nullable mappings (``dataset.sele
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -37,6 +39,9 @@ __all__ = [
     "TrainConfig",
     "UNetConfig",
     "ZarrConfig",
+    "config_dir",
+    "instantiate",
+    "plain",
     "register",
     "sampler_options",
 ]
@@ -340,3 +345,64 @@ def register() -> None:
     for (group, name), node in SCHEMAS.items():
         cs.store(group=f"schema/{group}", name=name, node=node)
     _registered = True
+
+
+# ------------------------------------------------------------------------------------------- one config path
+
+
+def config_dir() -> Path:
+    """The folder of the shipped Hydra configs: ``sciencegen/conf`` inside an installed wheel (the build copies
+    the repository's top-level ``conf/`` there), the repository's ``conf/`` in a source checkout or an editable
+    install. Also registers the schemas the configs name (:func:`register`), so that Hydra can compose
+    from the folder at once."""
+    register()
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if (packaged / "generate.yaml").is_file() else here.parent / "conf"
+
+
+def plain(cfg: Any, error: type[Exception] = ValueError) -> Any:
+    """Resolved plain containers (dict, list, scalars) of a Hydra/OmegaConf config, a mapping or a sequence.
+
+    A ``???`` (mandatory) value left unset raises ``error`` with one line naming the key.
+    """
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        try:
+            return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", None) or str(exc).split("\n")[0]
+            raise error(f"missing mandatory value: {key} (set it on the command line, e.g. {key}=...)") from None
+    if isinstance(cfg, Mapping):
+        return {k: plain(v, error) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [plain(v, error) for v in cfg]
+    return cfg
+
+
+def instantiate(cfg: Any, what: str, error: type[Exception] = ValueError, **kwargs: Any) -> Any:
+    """Instantiate the ``_target_`` of ``cfg`` (plain containers passed on); a mistake becomes one line.
+
+    ``what`` names the config in the message (``"sampler picard_sde"``, ``"dataset grf"``). An error of
+    ``error``'s type raised by the target itself passes through unchanged; an unknown ``_target_``, a wrong
+    or missing argument, or a ``ValueError``/``TypeError`` of the target becomes ``error("WHAT: reason")``.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    conf = plain(cfg, error)
+    if not isinstance(conf, Mapping) or "_target_" not in conf:
+        raise error(f"{what}: the config has no _target_ (the class or function it builds)")
+    try:
+        return hydra_instantiate(conf, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, error):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            msg = str(cause).split(": ", 1)[-1] if "argument" in str(cause) else str(cause)
+        else:
+            msg = str(exc).splitlines()[0]
+        raise error(f"{what}: {msg}") from None

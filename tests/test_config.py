@@ -13,18 +13,17 @@ import shutil
 import subprocess
 import sys
 import typing
-from importlib import resources
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from sciencegen import cli
-from sciencegen.config import SCHEMAS, register
+from sciencegen.config import SCHEMAS, config_dir, register
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = resources.files("sciencegen.conf")
+CONF = config_dir()
 PRIMARIES = sorted(p.name[:-5] for p in CONF.iterdir() if p.name.endswith(".yaml"))
 GROUPS = {d.name: sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
           for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_") and d.name != "hydra"}
@@ -76,7 +75,7 @@ def _cached(name: str | None, overrides: tuple[str, ...]) -> DictConfig:
 def _compose(name: str | None, overrides: list[str]) -> DictConfig:
     """Compose a primary config (with ``hydra``) or, with ``name=None``, just ``+group=option`` overrides."""
     register()
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(name, overrides=overrides, return_hydra_config=name is not None)
 
 

@@ -15,14 +15,15 @@ import re
 import shlex
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-SHIPPED = resources.files("sciencegen.conf")
+from sciencegen.config import config_dir
+
+SHIPPED = config_dir()
 APP = {"generate": "sciencegen-generate", "main": "sciencegen", "data": "sciencegen-data"}
 
 # a misspelt key in a user experiment (the `# @package _global_` form of the shipped ones)

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
+from sciencegen.config import config_dir
 from sciencegen.data.fields import DataError
 from sciencegen.data.store import ATTR, open_prepared, read_metadata
 from sciencegen.physics.datasets import GRFSource, grf_samples
@@ -41,7 +42,7 @@ def era_like(ntime=12, nlat=6, nlon=8, dtype="float64", level=None, seed=0, star
 
 
 def cfg(*overrides: str):
-    with initialize_config_module(config_module="sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("data", overrides=["progress=false", *overrides])
 
 

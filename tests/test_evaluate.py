@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 from sciencegen.analysis import isotropic_spectrum
-from sciencegen.config import register
+from sciencegen.config import config_dir, register
 from sciencegen.physics.datasets import grf_samples
 from sciencegen.pipelines.evaluate import EvaluateError, exact_spectrum, run_evaluate
 from sciencegen.pipelines.generate import run_generate
@@ -36,7 +36,7 @@ GEN = ["model=oracle", "sampler=dpm2m", "sampler.steps=64", "generate.members=32
 
 def compose_cfg(name: str, overrides: list[str]):
     register()
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(name, overrides=overrides)
 
 

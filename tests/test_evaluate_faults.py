@@ -25,9 +25,9 @@ import pytest
 import torch
 import xarray as xr
 from fsfaults import fill, read_only, small_fs
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
-from sciencegen.config import register
+from sciencegen.config import config_dir, register
 from sciencegen.pipelines.evaluate import EvaluateError, run_evaluate
 from sciencegen.pipelines.generate import run_generate
 from sciencegen.targets import GaussianRandomField, spectral_error
@@ -40,7 +40,7 @@ CLI = "from sciencegen.cli import evaluate; evaluate()"
 
 def compose_cfg(name: str, overrides: list[str]):
     register()
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(name, overrides=overrides)
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 import sciencegen
-from sciencegen.config import register
+from sciencegen.config import config_dir, register
 from sciencegen.models import Oracle
 from sciencegen.pipelines import generate as G
 from sciencegen.pipelines.generate import GenerateError, completed_members, parse_shard, run_generate
@@ -42,7 +42,7 @@ def config(*overrides: str):
     base = SMALL
     if any(o.startswith("dataset=") for o in overrides):  # another dataset: drop the grf keys
         base = [o for o in SMALL if not o.startswith("dataset")]
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("generate", overrides=[*base, *overrides])
 
 
@@ -281,7 +281,7 @@ def train_tiny(tmp_path: Path, steps: int) -> Path:
     """A tiny U-Net trained for ``steps`` steps on grf 16²; its run directory."""
     from sciencegen.pipelines.train import run_train
 
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         tcfg = compose("train", overrides=[
             "dataset=grf", "dataset.size=16", "dataset.samples=64", "dataset.chunk=32", "model=unet",
             f"train.max_steps={steps}", "train.batch_size=4", "train.val_every=0", "train.figure_members=0",
@@ -387,14 +387,13 @@ def test_split_denoiser_slices():
 
 
 def test_every_sampler_has_a_config_and_back():
-    from importlib.resources import files
 
     from hydra.utils import instantiate
 
     from sciencegen.config import sampler_options
     from sciencegen.samplers import SAMPLERS, Sampler
 
-    names = {p.name[:-5] for p in files("sciencegen.conf").joinpath("sampler").iterdir() if p.name.endswith(".yaml")}
+    names = {p.name[:-5] for p in config_dir().joinpath("sampler").iterdir() if p.name.endswith(".yaml")}
     assert names == set(SAMPLERS)
     for name in SAMPLERS:
         cfg = config(f"sampler={name}")

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
-from sciencegen.config import register
+from sciencegen.config import config_dir, register
 from sciencegen.pipelines.generate import completed_members
 from sciencegen.pipelines.run import PipelineError, run_pipeline
 
@@ -26,7 +26,7 @@ TINY = ["dataset.size=16", "dataset.samples=128", "dataset.chunk=32", "train.max
 
 def config(tmp_path, *overrides):
     register()
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("sciencegen", overrides=[*TINY, f"run_dir={tmp_path / 'run'}",
                                                 f"data_root={tmp_path / 'data'}", *overrides])
 

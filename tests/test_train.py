@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
+from sciencegen.config import config_dir
 from sciencegen.models.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sciencegen.pipelines import train as T
 from sciencegen.pipelines.train import TrainError, load_model, run_train
@@ -40,7 +41,7 @@ def data_root(tmp_path_factory):
 
 
 def config(run_dir, data_root, *overrides):
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[*SMALL, f"run_dir={run_dir}", f"data_root={data_root}", *overrides])
 
 
@@ -70,7 +71,7 @@ def env1() -> dict[str, str]:
 
 
 def test_configs_compose():
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train")
         gpu = compose("train", overrides=["train=gpu", "model.preset=base"])
         oracle = compose("train", overrides=["model=oracle"])

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from fsfaults import fill, read_only, small_fs
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
+from sciencegen.config import config_dir
 from sciencegen.models.checkpoint import list_checkpoints, load_checkpoint
 from sciencegen.pipelines.train import TrainError, plot_samples, run_train
 
@@ -43,7 +44,7 @@ def data_root(tmp_path_factory):
 
 
 def config(run_dir, data_root, *overrides):
-    with initialize_config_module("sciencegen.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[*SMALL, f"run_dir={run_dir}", f"data_root={data_root}", *overrides])
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.figures import plot_samples
 from ..data.fields import DataError
 from ..errors import Interrupted, SciencegenError, StopRequest, os_error_line, stop_requests
 from ..models import EDMPrecond, Oracle, UNet, denoising_loss, unet_preset
@@ -535,89 +536,6 @@ def resolve_run_dir(cfg: Any) -> Path:
         if out:
             return Path(out)
     raise TrainError("no run directory: run sciencegen-train (Hydra's run dir) or set run_dir=PATH")
-
-
-# ------------------------------------------------------------------------------------------- figures
-
-
-def plot_samples(samples: torch.Tensor, path: str | os.PathLike, *, data: torch.Tensor | None = None,
-                 target: Any = None, title: str = "", panels: int = 4, data_label: str = "training data"
-                 ) -> float | None:
-    """Figure of generated fields (top), training fields (bottom) and their radial spectra (right).
-
-    Parameters
-    ----------
-    samples
-        ``[members, C, ny, nx]`` generated fields in physical units (channel 0 is shown).
-    path
-        PNG to write (parent directories are created).
-    data
-        ``[n, C, ny, nx]`` training fields in physical units (optional).
-    target
-        Analytic law with ``spectrum()`` (e.g. :class:`~sciencegen.targets.GaussianRandomField`): its exact
-        spectrum is drawn and the spectral error returned.
-    title
-        Figure title.
-    panels
-        Fields shown per row.
-    data_label
-        Label of the ``data`` row and spectrum.
-
-    Returns
-    -------
-    float or None
-        :func:`~sciencegen.targets.spectral_error` of ``samples`` against ``target`` (``None`` without one).
-    """
-    from matplotlib.figure import Figure  # no pyplot: no global state, any backend of the caller is left alone
-
-    from ..targets import radial_spectrum, spectral_error
-
-    samples = samples.detach().double().cpu()
-    square = samples.ndim == 4 and samples.shape[-1] == samples.shape[-2]
-    err = spectral_error(samples, target) if (target is not None and square) else None
-    rows = 2 if data is not None else 1
-    k = min(panels, samples.shape[0])
-    fig = Figure(figsize=(2.2 * k + (4.2 if square else 0), 2.3 * rows + 0.4), layout="constrained")
-    grid = fig.add_gridspec(rows, k + (2 if square else 0))
-    ref = data if data is not None else samples
-    vmin, vmax = np.percentile(ref[:, 0].double().cpu().numpy(), [1, 99])
-    for r, (fields, label) in enumerate([(samples, "generated"), (data, data_label)][:rows]):
-        for j in range(min(k, fields.shape[0])):
-            ax = fig.add_subplot(grid[r, j])
-            ax.imshow(fields[j, 0].double().cpu().numpy(), origin="lower", cmap="RdBu_r", vmin=vmin, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(label)
-    if square:
-        ax = fig.add_subplot(grid[:, k:])
-        kb, p = radial_spectrum(samples, 2)
-        ax.loglog(kb[1:], p[1:], "C0-", label=f"generated ({samples.shape[0]})")
-        if data is not None:
-            kd, pd = radial_spectrum(data.detach().double().cpu(), 2)
-            ax.loglog(kd[1:], pd[1:], "C1--", label=f"{data_label} ({data.shape[0]})")
-        if target is not None and hasattr(target, "spectrum"):
-            ke, pe = target.spectrum()
-            ax.loglog(ke[1:], pe[1:], "k:", lw=2, label="exact")
-        ax.set_xlabel("wavenumber |k|")
-        ax.set_ylabel("power per mode")
-        ax.set_title("radial spectrum" + (f" (error {err:.3f})" if err is not None else ""), fontsize=9)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    except OSError as exc:  # e.g. disk full: no partial figure is left; the error names the figure
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if exc.errno is None:
-            raise
-        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
-    return err
 
 
 # ------------------------------------------------------------------------------------------- distributed

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from sciencegen import cli
+from sciencegen.console import precheck
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "datasets").glob("*.md"))]
@@ -116,10 +117,10 @@ def test_hydra_command_composes(where, cmd, error):
     words = split(cmd)
     name, over = APPS[words[0]], overrides(words)
     try:
-        cli._compose(name, over)
+        precheck.compose(name, over)
         problem = None
     except Exception as exc:  # what the app would print
-        problem = cli._one_line(exc, name, over)
+        problem = precheck.one_line(exc, name, over)
     if error is None:
         assert problem is None, f"{where}: `{cmd}` does not compose: {problem}"
     else:
@@ -170,7 +171,7 @@ SHRINK = {"generate.members": "4", "generate.batch_size": "2", "sampler.steps": 
 
 def _shrunk(words: list[str], tmp: Path) -> list[str]:
     name = APPS[words[0]]
-    cfg = cli._compose(name, overrides(words))
+    cfg = precheck.compose(name, overrides(words))
     over = [o for o in overrides(words) if o.split("=")[0] not in SHRINK]
     for k, v in SHRINK.items():
         parent, _, leaf = k.rpartition(".")

@@ -16,12 +16,19 @@ import argparse
 import dataclasses
 import re
 import sys
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sciencegen.config import config_dir
+from sciencegen.console.confdoc import (
+    default_text,
+    flat_keys,
+    listing,
+    schema_fields,
+    yaml_comments,
+    yaml_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "configuration.md"
@@ -29,10 +36,6 @@ OUTPUT = ROOT / "docs" / "configuration.md"
 #: apps in pipeline order: (command, primary config)
 APPS = [("sciencegen-data", "data"), ("sciencegen-train", "train"), ("sciencegen-generate", "generate"),
         ("sciencegen-evaluate", "evaluate"), ("sciencegen", "sciencegen")]
-#: groups in this order first, then any other (alphabetically)
-GROUP_ORDER = ["dataset", "model", "train", "sampler", "generate", "evaluate", "experiment"]
-#: groups that are not options a user picks
-HIDDEN = ("hydra", "schema")
 
 
 def _cell(text: str) -> str:
@@ -40,114 +43,8 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _value(v: Any) -> str:
-    """A config value written as on the command line (YAML flow style)."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_value(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
-def _default(node: Any, key: str) -> str:
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_missing(node, key):
-        return "**required**"
-    v = node._get_node(key)
-    v = OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v._value()
-    return f"`{_value(v)}`"
-
-
-def _comments(text: str) -> tuple[str, dict[str, str]]:
-    """The description of a YAML file and ``{dotted key: its comment}``.
-
-    The description is the file's first comment lines, less ``@package`` and indented command examples. A
-    key's comment is the one after it on its line (continued by comment lines indented under it), else the
-    comment lines right above it. A light reading of the shipped files: block mappings, one key per line.
-    """
-    lines = text.splitlines()
-    desc = []
-    for line in lines:
-        if not line.startswith("#"):
-            break
-        if "@package" not in line and not line[1:].startswith("  "):
-            desc.append(line[1:].strip())
-    notes: dict[str, str] = {}
-    stack: list[tuple[int, str]] = []
-    above: list[str] = []
-    last: str | None = None
-    for line in lines:
-        m = re.match(r"^(\s*)([A-Za-z_]\w*):(.*)$", line)
-        c = re.match(r"^(\s*)#\s?(.*)$", line)
-        if c:
-            if last is not None and len(c.group(1)) > stack[-1][0]:
-                notes[last] += " " + c.group(2).strip()
-            else:
-                above.append(c.group(2).strip())
-                last = None
-            continue
-        if not m:
-            above, last = [], None
-            continue
-        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        dotted = ".".join([k for _, k in stack] + [key])
-        stack.append((indent, key))
-        trailing = re.search(r"(?:^|\s)#\s?(.*)$", rest)
-        if trailing:
-            notes[dotted], last = trailing.group(1).strip(), dotted
-        else:
-            last = None
-            if above:
-                notes[dotted] = " ".join(above)
-        above = []
-    return " ".join(desc), notes
-
-
 def _first_line(text: str) -> str:
     return text.splitlines()[0].lstrip("#").strip() if text.startswith("#") else ""
-
-
-def _yaml_text(path: str) -> str:
-    return config_dir().joinpath(path).read_text()
-
-
-def _fields(schema: type, prefix: str = "") -> Iterator[tuple[str, str, str]]:
-    """``(dotted key, type, help)`` of a schema, nested schemas flattened."""
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            yield from _fields(kind, f"{prefix}{f.name}.")
-            continue
-        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        yield f"{prefix}{f.name}", text.replace("typing.", ""), f.metadata.get("help", "")
-
-
-def _flat(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    from omegaconf import DictConfig
-
-    for key in node:
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none() and len(child):
-            yield from _flat(child, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", (node, key)
-
-
-def _listing() -> tuple[list[str], dict[str, list[str]]]:
-    """Config groups (sub-folders of ``conf``) and their options (YAML files)."""
-    root = config_dir()
-    options = {d.name: sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
-               for d in root.iterdir() if d.is_dir() and not d.name.startswith("_") and d.name not in HIDDEN}
-    groups = sorted(options, key=lambda g: (GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER), g))
-    return groups, options
 
 
 def option_overrides() -> list[str]:
@@ -156,9 +53,9 @@ def option_overrides() -> list[str]:
     ``+dataset@dataset__grf=grf`` puts ``dataset=grf`` at ``dataset__grf``: one composition instead of one per
     option (Hydra's own config is composed once). Experiments (``# @package _global_``) are left out.
     """
-    groups, options = _listing()
+    groups, options = listing()
     return [f"+{g}@{g}__{o}={o}" for g in groups for o in options[g]
-            if "@package _global_" not in _yaml_text(f"{g}/{o}.yaml")]
+            if "@package _global_" not in yaml_text(f"{g}/{o}.yaml")]
 
 
 def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str:
@@ -202,23 +99,23 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
         "Defaults are shown unresolved: `${...}` is an interpolation.",
         "",
     ]
-    groups, options = _listing()
+    groups, options = listing()
     used: dict[str, list[str]] = {g: [] for g in groups}
 
     out += ["## Apps", ""]
     for prog, primary in APPS:
         cfg = compose(primary, [])
         choices = {g: c for g, c in cfg.hydra.runtime.choices.items() if g in options}
-        desc, notes = _comments(_yaml_text(f"{primary}.yaml"))
+        desc, notes = yaml_comments(yaml_text(f"{primary}.yaml"))
         out += [f"### {prog}", "", f"`conf/{primary}.yaml`. {desc}", ""]
         out += ["| group | default | options |", "|---|---|---|"]
         for g in sorted(choices, key=groups.index):
             used[g].append(prog)
             out.append(f"| [`{g}`](#{g}) | `{choices[g]}` | {', '.join(options[g])} |")
-        own = [(k, ref) for k, ref in _flat(cfg) if k.split(".")[0] not in (*choices, "hydra")]
+        own = [(k, ref) for k, ref in flat_keys(cfg) if k.split(".")[0] not in (*choices, "hydra")]
         if own:
             out += ["", "Keys of the primary config (untyped):", "", "| key | default | help |", "|---|---|---|"]
-            out += [f"| `{k}` | {_cell(_default(*ref))} | {_cell(notes.get(k, ''))} |" for k, ref in own]
+            out += [f"| `{k}` | {_cell(default_text(*ref))} | {_cell(notes.get(k, ''))} |" for k, ref in own]
         out.append("")
 
     out += ["## Config groups", ""]
@@ -239,16 +136,16 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
             title = ", ".join(f"`{g}={o}`" for o in opts)
             out += [f"#### {title}", ""]
             for o in opts:
-                desc, _ = _comments(_yaml_text(f"{g}/{o}.yaml"))
+                desc, _ = yaml_comments(yaml_text(f"{g}/{o}.yaml"))
                 if len(opts) > 1:  # the first sentence line of each: the rest is the schema's text
-                    first = _first_line(_yaml_text(f"{g}/{o}.yaml")).removeprefix(f"{o}: ")
+                    first = _first_line(yaml_text(f"{g}/{o}.yaml")).removeprefix(f"{o}: ")
                     out.append(f"- `{o}`: {first}")
                 else:
                     out.append(desc)
             out += ["", f"Schema `{schema.__name__}`: {_doc(schema)}", ""]
             out += ["| key | type | default | help |", "|---|---|---|---|"]
-            for key, kind, help_ in _fields(schema):
-                values = {o: _default(*_locate(nodes[o], key)) for o in opts}
+            for key, kind, help_ in schema_fields(schema):
+                values = {o: default_text(*_locate(nodes[o], key)) for o in opts}
                 out.append(f"| `{key}` | `{_cell(kind)}` | {_cell(_merge(values))} | {_cell(help_)} |")
             out.append("")
     return "\n".join(out).rstrip() + "\n"
@@ -281,8 +178,8 @@ def _untyped(group: str, option: str) -> list[str]:
     """An option without a schema (``experiment``): its description and what it sets."""
     from omegaconf import OmegaConf
 
-    text = _yaml_text(f"{group}/{option}.yaml")
-    desc, _ = _comments(text)
+    text = yaml_text(f"{group}/{option}.yaml")
+    desc, _ = yaml_comments(text)
     conf = OmegaConf.create(text)
     sets = []
     for entry in conf.get("defaults") or []:
@@ -291,7 +188,7 @@ def _untyped(group: str, option: str) -> list[str]:
         else:
             sets += [f"{k.replace('override ', '').lstrip('/')}={v}" for k, v in entry.items()]
     body = OmegaConf.masked_copy(conf, [k for k in conf if k not in ("defaults", "hydra")])
-    sets += [f"{k}={_default(*ref).strip('`')}" for k, ref in _flat(body)]
+    sets += [f"{k}={default_text(*ref).strip('`')}" for k, ref in flat_keys(body)]
     sweep = OmegaConf.select(conf, "hydra.sweeper.params")
     if sweep:
         sets += [f"--multirun {k}={v}" for k, v in sweep.items()]

@@ -1,0 +1,1 @@
+"""What the commands say to a person: the config precheck (one-line errors) and ``--help``."""

@@ -98,6 +98,33 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
         "must be given. "
         "Defaults are shown unresolved: `${...}` is an interpolation.",
         "",
+        "`COMMAND --help` prints the same for one command, with the values the command line gives "
+        "(`sciencegen-generate sampler=heun --help`); `COMMAND --cfg job` prints the composed config.",
+        "",
+        "## Your own configs",
+        "",
+        "The shipped configs are in the repository's `conf/` (inside the installed package: "
+        "`python -c \"import sciencegen.config as c; print(c.config_dir())\"`). Do not edit them in place: keep "
+        "your own in a folder of yours with the same layout, and add it to the search path. Its files are found "
+        "first, so a file of the same name replaces the shipped one, and a new file is a new option:",
+        "",
+        "```",
+        "myconf/dataset/era5_t2m.yaml       # dataset=era5_t2m",
+        "myconf/experiment/mine.yaml        # experiment=mine (starts with `# @package _global_`)",
+        "myconf/hydra/launcher/mycluster.yaml",
+        "",
+        "sciencegen-generate --config-dir myconf dataset=era5_t2m ...      # one command",
+        "sciencegen hydra.searchpath=[file:///abs/path/myconf] experiment=mine",
+        "```",
+        "",
+        "A **site or cluster config** (the partition, account, modules of your cluster; a shared data root) is "
+        "such a folder kept where everyone can read it, e.g. `/shared/sciencegen-conf/hydra/launcher/site.yaml` "
+        "starting with `defaults: [slurm]` (the shipped launcher config) and holding your `partition`, `account`, "
+        "`timeout_min`; "
+        "select it with `--config-dir /shared/sciencegen-conf hydra/launcher=site` (`docs/hpc.md`). Every user "
+        "option's schema is checked as the shipped ones are (name the schema first in its `defaults`, e.g. "
+        "`- /schema/dataset/netcdf@_here_`), so a typo in a site file is one line naming the key.",
+        "",
     ]
     groups, options = listing()
     used: dict[str, list[str]] = {g: [] for g in groups}

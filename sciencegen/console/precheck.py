@@ -244,6 +244,9 @@ def _group_line(text: str, config_name: str, overrides: list[str]) -> str | None
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
+        if group == "hydra/launcher" and option.startswith("submitit"):
+            return (f"{group}={option}: the SLURM launcher is not installed; pip install 'sciencegen[slurm]' "
+                    "(hydra-submitit-launcher)")
         avail = re.findall(r"^\t(\S+)$", text, flags=re.M)
         return f"{group}={option}: no such {group}; choose one of {', '.join(a for a in avail if a != 'schema')}"
     absent = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)

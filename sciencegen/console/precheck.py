@@ -241,12 +241,12 @@ def _group_line(text: str, config_name: str, overrides: list[str]) -> str | None
     """Group choices Hydra rejects: an option that does not exist, a group the config does not have."""
     import re
 
+    if "Could not load 'hydra/launcher/submitit" in text or "Could not find 'hydra/launcher/submitit" in text:
+        return ("hydra/launcher: the SLURM launcher is not installed; pip install 'sciencegen[slurm]' "
+                "(hydra-submitit-launcher)")
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
-        if group == "hydra/launcher" and option.startswith("submitit"):
-            return (f"{group}={option}: the SLURM launcher is not installed; pip install 'sciencegen[slurm]' "
-                    "(hydra-submitit-launcher)")
         avail = re.findall(r"^\t(\S+)$", text, flags=re.M)
         return f"{group}={option}: no such {group}; choose one of {', '.join(a for a in avail if a != 'schema')}"
     absent = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)

@@ -26,7 +26,7 @@ def test_help_lists_the_groups_a_user_picks_and_every_key(prog):
     groups = text.split("Config groups", 1)[1].split("Keys", 1)[0]
     assert "schema" not in groups and "hydra" not in groups and "dataset" in groups
     keys = text.split("Keys", 1)[1]
-    assert "dataset.name = " in keys and "hydra." not in keys
+    assert "\n  dataset.name = " in keys and "\n  hydra." not in keys
     if prog in ("sciencegen-generate", "sciencegen"):  # a schema key's help and a primary-config key's comment
         assert "member i depends only on (seed, i)" in keys
     if prog == "sciencegen-generate":

@@ -105,17 +105,23 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
         "",
         "The shipped configs are in the repository's `conf/` (inside the installed package: "
         "`python -c \"import sciencegen.config as c; print(c.config_dir())\"`). Do not edit them in place: keep "
-        "your own in a folder of yours with the same layout, and add it to the search path. Its files are found "
-        "first, so a file of the same name replaces the shipped one, and a new file is a new option:",
+        "your own in a folder of yours with the same layout, and add it to the search path: each new file is a new "
+        "option of its group. Give yours new names: where both folders hold a file of the same name, the shipped "
+        "one is used (Hydra searches the primary config folder first). An option of yours may start from a "
+        "shipped one (`defaults: [grf, _self_]` in `dataset/grf_small.yaml` below):",
         "",
         "```",
-        "myconf/dataset/era5_t2m.yaml       # dataset=era5_t2m",
-        "myconf/experiment/mine.yaml        # experiment=mine (starts with `# @package _global_`)",
-        "myconf/hydra/launcher/mycluster.yaml",
-        "",
-        "sciencegen-generate --config-dir myconf dataset=era5_t2m ...      # one command",
-        "sciencegen hydra.searchpath=[file:///abs/path/myconf] experiment=mine",
+        "docs/myconf/dataset/grf_small.yaml       # dataset=grf_small: the shipped grf, smaller",
+        "docs/myconf/experiment/mine.yaml         # experiment=mine (starts with: # @package _global_)",
         "```",
+        "",
+        "```",
+        "sciencegen-generate --config-dir docs/myconf dataset=grf_small model=oracle   # one command",
+        "sciencegen --config-dir docs/myconf experiment=mine",
+        "sciencegen hydra.searchpath=[file://docs/myconf] experiment=mine              # the same, as a key",
+        "```",
+        "",
+        "(`docs/myconf/` is a working example: a test composes these commands.)",
         "",
         "A **site or cluster config** (the partition, account, modules of your cluster; a shared data root) is "
         "such a folder kept where everyone can read it, e.g. `/shared/sciencegen-conf/hydra/launcher/site.yaml` "

@@ -38,7 +38,8 @@ def build_store(path: Path, size: int, gb: float, chunk_mb: float, incomplete_ch
     import zarr
 
     from sciencegen.config import register
-    from sciencegen.pipelines.generate import ATTR, run_generate
+    from sciencegen.data.ensemble import ATTR
+    from sciencegen.pipelines.generate import run_generate
     from sciencegen.targets import GaussianRandomField
 
     # a small real store: its attributes and coordinates are the template

@@ -9,6 +9,7 @@ temporary data root, and a real subprocess for the one-line error contract.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -23,8 +24,9 @@ from hydra import compose, initialize_config_dir
 
 from sciencegen.analysis import isotropic_spectrum
 from sciencegen.config import config_dir, register
+from sciencegen.evaluation import EvaluateError, exact_spectrum
 from sciencegen.physics.datasets import grf_samples
-from sciencegen.pipelines.evaluate import EvaluateError, exact_spectrum, run_evaluate
+from sciencegen.pipelines.evaluate import run_evaluate
 from sciencegen.pipelines.generate import run_generate
 from sciencegen.targets import GaussianRandomField, radial_spectrum, spectral_error
 
@@ -192,15 +194,45 @@ def test_a_store_as_reference(store, tmp_path):
     assert f["moments"]["sample"] == f["moments"]["reference"]
 
 
+def test_a_registered_reference_is_chosen_by_name(store, tmp_path):
+    """A user's reference is one registered function; reference.source=NAME picks it (no case in the pipeline)."""
+    from sciencegen.evaluation import REFERENCES, ReferenceRequest, Side, register_reference
+
+    seen: list[ReferenceRequest] = []
+
+    @register_reference("test-itself")
+    def itself(request: ReferenceRequest) -> Side:
+        seen.append(request)
+        s = request.samples
+        data = {v: s.data[v].rename(member="sample") for v in request.variables}
+        return Side("itself", "the samples themselves", "sample", data, s.field_dims, s.count,
+                    {"source": "itself", "samples": s.count, "description": "the generated members"})
+
+    try:
+        m = evaluate(store, tmp_path / "out", "reference.source=test-itself", "evaluate.figures=false",
+                     "reference.members=7")
+    finally:
+        REFERENCES.pop("test-itself")
+    (request,) = seen
+    assert request.variables == ["field"] and request.members == 7 and request.dataset["size"] == 16
+    assert type(request.target).__name__ == "GaussianRandomField"
+    assert m["reference"] == {"source": "itself", "samples": 32, "description": "the generated members",
+                              "label": "the samples themselves"}
+    f = m["variables"]["field"]
+    assert f["spectral_error"] == 0 and f["w1"] == 0 and f["correlation"]["max_abs_diff"] == 0
+    assert "exact" not in f["moments"] and "spectral_error_floor" not in f
+
+
 # ------------------------------------------------------------------------------------------- incomplete members
 
 
-def test_incomplete_members_are_excluded_and_reported(store, tmp_path, capsys):
+def test_incomplete_members_are_excluded_and_reported(store, tmp_path, caplog):
     half = generate(tmp_path / "half.zarr", 16, "generate.shard=0/2")
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="sciencegen")
+    caplog.clear()
     m = evaluate(half, tmp_path / "out", "evaluate.figures=false")
-    printed = capsys.readouterr().out
-    assert "16 of 32 members incomplete: excluded" in printed
+    logged = caplog.text  # the start line and the summary are logged (the console shows them)
+    assert "16 of 32 members incomplete: excluded" in logged
     s = m["samples"]
     assert (s["members"], s["complete"], s["incomplete"]) == (32, 16, 16)
     assert m["reference"]["samples"] == 16

@@ -28,7 +28,8 @@ from fsfaults import fill, read_only, small_fs
 from hydra import compose, initialize_config_dir
 
 from sciencegen.config import config_dir, register
-from sciencegen.pipelines.evaluate import EvaluateError, run_evaluate
+from sciencegen.evaluation import EvaluateError
+from sciencegen.pipelines.evaluate import run_evaluate
 from sciencegen.pipelines.generate import run_generate
 from sciencegen.targets import GaussianRandomField, spectral_error
 

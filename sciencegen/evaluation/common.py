@@ -1,0 +1,103 @@
+"""What every room of the evaluation shares: its error, one side of a comparison, and the Dask task size.
+
+A :class:`Side` is one side of a comparison (the generated members, or a reference): lazy fields per variable
+over ``(dim, *field_dims)``, chunked in tasks of about :data:`TASK_BYTES` of float32 fields
+(:func:`rechunk`, :func:`task_members`), so memory is bounded by a few tasks whatever the store size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import SciencegenError
+
+__all__ = ["TASK_BYTES", "EvaluateError", "Side", "dims_text", "rechunk", "runs", "short_error", "task_members"]
+
+#: target size of one Dask task's float32 fields (the store's chunks are split or merged to about this)
+TASK_BYTES = 16 << 20
+
+
+class EvaluateError(SciencegenError):
+    """Evaluation cannot run; the message is one line meant for the user."""
+
+
+@dataclass
+class Side:
+    """One side of the comparison: lazy fields per variable over ``(dim, *field_dims)``.
+
+    Attributes
+    ----------
+    kind
+        ``samples`` for the generated side; the reference's kind otherwise (``exact``, ``heldout``, ``store``
+        or the name a user registered, :mod:`sciencegen.evaluation.references`).
+    label
+        Legend label (``generated``, ``exact law``, ``held-out data``, ...).
+    dim
+        The sample dim of ``data`` (``member`` for the generated side, ``sample`` for a reference).
+    data
+        ``{variable: DataArray over (dim, *field_dims)}``, lazy.
+    field_dims
+        The field dims, in the order of ``data``.
+    count
+        Number of samples along ``dim``.
+    info
+        What ``metrics.json`` records about this side (``source``, ``description``, ``samples``, an optional
+        ``warning``, ...).
+    law_spectrum
+        Exact isotropic spectrum per variable where the reference is an analytic law (else ``None``).
+    law_moments
+        Exact one-point moments (``mean``, ``std``, ``skewness``, ``kurtosis``) of an analytic law, if known.
+    """
+
+    kind: str
+    label: str
+    dim: str
+    data: dict[str, xr.DataArray]
+    field_dims: tuple[str, ...]
+    count: int
+    info: dict[str, Any] = field(default_factory=dict)
+    law_spectrum: dict[str, np.ndarray] | None = None
+    law_moments: dict[str, float] | None = None
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def dims_text(dims: Sequence[Hashable], sizes: Mapping[Hashable, int]) -> str:
+    """``y=16, x=16``: the dims with their sizes, for messages."""
+    return ", ".join(f"{d}={sizes[d]}" for d in dims)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the runs of ``True`` in a 1-D mask."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.concatenate([[idx[0]], idx[breaks + 1]])
+    stops = np.concatenate([idx[breaks] + 1, [idx[-1] + 1]])
+    return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def task_members(field_shape: Sequence[int], itemsize: int = 4) -> int:
+    """Samples per Dask task so that a task holds about :data:`TASK_BYTES` of fields of ``field_shape``."""
+    per = max(1, int(np.prod(field_shape)) * itemsize)
+    return max(1, TASK_BYTES // per)
+
+
+def rechunk(da: xr.DataArray, dim: str, members: int) -> xr.DataArray:
+    """Chunk ``dim`` by about ``members`` (merging or splitting the store's chunks), field dims whole."""
+    chunks = da.chunks
+    if chunks is None:
+        return da
+    first = int(da.chunksizes[dim][0]) if da.sizes[dim] else 1
+    size = (members // first) * first if first <= members else members
+    return da.chunk({dim: max(1, min(size, max(1, da.sizes[dim])))} | {d: -1 for d in da.dims if d != dim})

@@ -1,0 +1,137 @@
+"""The options of one evaluation, read from the composed ``conf/evaluate.yaml`` and checked before any work.
+
+:func:`read_options` turns the config (a Hydra ``DictConfig`` or plain mappings) into :class:`Options`; every
+mistake is a one-line :class:`~sciencegen.evaluation.common.EvaluateError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import EvaluateError
+
+__all__ = ["Options", "get_key", "read_options"]
+
+
+def get_key(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """``cfg.a.b`` as plain containers, with a one-line error for a missing mandatory value (``???``).
+
+    Parameters
+    ----------
+    cfg
+        A ``DictConfig`` or nested mappings.
+    dotted
+        The key, e.g. ``samples.path``.
+    default
+        What a missing key reads as.
+    """
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    if isinstance(cfg, DictConfig):
+        try:
+            value = OmegaConf.select(cfg, dotted, default=default, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise EvaluateError(f"{dotted} is required (set it on the command line, e.g. {dotted}=...)") from None
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return default
+        node = node[key]
+    if node == "???":
+        raise EvaluateError(f"{dotted} is required (set it on the command line, e.g. {dotted}=...)")
+    return node
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    try:
+        n = int(value)
+        if n != value and not (isinstance(value, str) and str(n) == value.strip()):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise EvaluateError(f"{key} must be an integer >= {minimum}, got {value!r}") from None
+    if n < minimum:
+        raise EvaluateError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return n
+
+
+def _output_dir(d: Any) -> Path:
+    """``output.dir``, else the Hydra run directory."""
+    if d:
+        return Path(str(d)).expanduser()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        raise EvaluateError("output.dir is required (e.g. output.dir=runs/evaluate/grf64)") from None
+
+
+@dataclass
+class Options:
+    """The checked options of one evaluation.
+
+    Attributes
+    ----------
+    store
+        ``samples.path``: the ensemble store.
+    want
+        ``samples.variables`` (``None``: every variable of the dataset).
+    source
+        ``reference.source``: a registered reference name or a store path.
+    cap
+        ``reference.members``.
+    holdout
+        ``reference.holdout``.
+    bins, max_lag, panel, figures, dask, threads
+        The ``evaluate`` group.
+    data_root
+        Where prepared dataset stores live.
+    out_dir, overwrite
+        ``output.dir`` (resolved) and ``output.overwrite``.
+    """
+
+    store: str
+    want: Any
+    source: str
+    cap: int | None
+    holdout: float
+    bins: int
+    max_lag: int | None
+    panel: int
+    figures: bool
+    data_root: str
+    out_dir: Path
+    overwrite: bool
+    dask: Any
+    threads: Any
+
+
+def read_options(cfg: Any) -> Options:
+    """Read and check the options (one-line errors); nothing is read or written yet.
+
+    Raises
+    ------
+    EvaluateError
+        A missing ``samples.path`` or ``output.dir``, or a malformed number.
+    """
+    store_path = get_key(cfg, "samples.path")
+    if not store_path:
+        raise EvaluateError("samples.path is required (e.g. samples.path=runs/generate/grf.zarr)")
+    cap = get_key(cfg, "reference.members")
+    max_lag = get_key(cfg, "evaluate.max_lag")
+    return Options(
+        store=str(store_path), want=get_key(cfg, "samples.variables"),
+        source=str(get_key(cfg, "reference.source", "auto") or "auto"),
+        cap=None if cap is None else _positive_int(cap, "reference.members"),
+        holdout=float(get_key(cfg, "reference.holdout", 0.1)),
+        bins=_positive_int(get_key(cfg, "evaluate.bins", 64), "evaluate.bins"),
+        max_lag=None if max_lag is None else _positive_int(max_lag, "evaluate.max_lag", 0),
+        panel=_positive_int(get_key(cfg, "evaluate.panel", 4), "evaluate.panel"),
+        figures=bool(get_key(cfg, "evaluate.figures", True)), data_root=str(get_key(cfg, "data_root", "data")),
+        out_dir=_output_dir(get_key(cfg, "output.dir")), overwrite=bool(get_key(cfg, "output.overwrite", False)),
+        dask=get_key(cfg, "evaluate.dask"), threads=get_key(cfg, "evaluate.threads"))

@@ -100,7 +100,7 @@ def sync(dev: torch.device) -> None:
 
 def build_unet(a: argparse.Namespace, dev: torch.device):
     """Seeded, untrained EDM U-Net (eval mode) and the denoiser callable the samplers get."""
-    from sciencegen.pipelines.train import edm_unet
+    from sciencegen.models.build import edm_unet
 
     torch.manual_seed(a.seed)
     model = edm_unet(1, preset=a.preset, periodic=(True, True)).to(dev).eval()

@@ -13,7 +13,7 @@ the network evaluations of ``dpm2m``, hence ``picard_dpm2m:16`` above, a check t
 2. Trains ``model=unet`` (the default tiny preset unless ``--set model.preset=...``) with
    :func:`sciencegen.pipelines.train.run_train` for ``--minutes`` minutes of training loop in ``--run-dir``;
    rerunning continues the run (``--minutes`` counts over resumes), ``--skip-train`` only evaluates.
-3. Loads the EMA weights (:func:`~sciencegen.pipelines.train.load_model`) and draws ``--members`` members with
+3. Loads the EMA weights (:func:`~sciencegen.models.build.load_model`) and draws ``--members`` members with
    each of ``--samplers`` (64 steps, seed 0), de-normalised with the store's mean/std.
 4. Compares them with the held-out split -- the same chunks the trainer held out (``train.holdout`` of the
    run, read through the trainer's own loader with ``split="validation"``; checked disjoint from the training
@@ -233,8 +233,9 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
+    from sciencegen.models.build import load_model
     from sciencegen.physics.kolmogorov import max_dealiased_wavenumber
-    from sciencegen.pipelines.train import load_model, run_train
+    from sciencegen.pipelines.train import run_train
 
     run_dir = Path(a.run_dir)
     train_summary = None

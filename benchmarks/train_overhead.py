@@ -49,7 +49,7 @@ def framework(size: int, batch: int, steps: int, warm: int, preset: str, data_ro
 def bare(size: int, batch: int, steps: int, warm: int, preset: str, data: torch.Tensor) -> float:
     """Seconds per step of a plain loop with the same model, batch, optimizer and loss."""
     from sciencegen.models import denoising_loss
-    from sciencegen.pipelines.train import edm_unet
+    from sciencegen.models.build import edm_unet
 
     torch.manual_seed(0)
     model = edm_unet(1, preset=preset)

@@ -135,7 +135,7 @@ class ZarrConfig(_UserDataConfig):
 
 @dataclass
 class UNetConfig:
-    """``model=unet``: EDM-preconditioned U-Net (:func:`sciencegen.pipelines.train.edm_unet`)."""
+    """``model=unet``: EDM-preconditioned U-Net (:func:`sciencegen.models.build.edm_unet`)."""
 
     _target_: str = _key(_TARGET)
     name: str = _key("model name (run directory, messages)")
@@ -159,7 +159,7 @@ class UNetConfig:
 
 @dataclass
 class OracleConfig:
-    """``model=oracle``: exact denoiser of an analytic dataset (:func:`sciencegen.pipelines.train.oracle_denoiser`)."""
+    """``model=oracle``: exact denoiser of an analytic dataset (:func:`sciencegen.models.build.oracle_denoiser`)."""
 
     _target_: str = _key(_TARGET)
     name: str = _key("model name (messages)")
@@ -217,7 +217,8 @@ class TrainConfig:
     figure_steps: int = _key("sampler steps of the figure samples")
     figure_sampler: str = _key("sampler of the figure samples (a name of sciencegen.samplers.SAMPLERS)")
     progress: bool = _key("show a progress bar")
-    tensorboard: bool = _key("also write TensorBoard scalars when torch.utils.tensorboard imports")
+    tensorboard: bool = _key("also write TensorBoard scalars to RUN/tensorboard (needs the extra: "
+                             "pip install 'sciencegen[tensorboard]')")
 
 
 # ------------------------------------------------------------------------------------------- sampler

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "SciencegenError", "StopRequest", "os_error_line", "stop_requests"]
+__all__ = ["Interrupted", "SciencegenError", "StopRequest", "TrainError", "os_error_line", "stop_requests"]
 
 
 class SciencegenError(RuntimeError):
@@ -27,6 +27,10 @@ class Interrupted(SciencegenError):
     """The job stopped at a safe point because of SIGINT or SIGTERM; what was complete is kept."""
 
     exit_code = 130
+
+
+class TrainError(SciencegenError):
+    """A model cannot be built or loaded, or a training job cannot start or continue; the message is one line."""
 
 
 _ADVICE = {

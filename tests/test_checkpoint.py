@@ -335,6 +335,8 @@ def test_code_version(tmp_path, monkeypatch):
     assert set(v) == {"sciencegen", "git", "torch"}
     assert v["sciencegen"] == sciencegen.__version__ and v["torch"] == torch.__version__
     assert v["git"] is None or re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?", v["git"])
-    assert ck._git_describe(tmp_path) is None  # not a checkout
+    from sciencegen.models.meta import git_describe
+
+    assert git_describe(tmp_path) is None  # not a checkout
     monkeypatch.setenv("PATH", str(tmp_path))  # git missing
     assert code_version()["git"] is None

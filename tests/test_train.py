@@ -1,4 +1,4 @@
-"""Tests of the training pipeline (:mod:`sciencegen.pipelines.train`).
+"""Tests of the training pipeline (:mod:`sciencegen.pipelines.train`, :mod:`sciencegen.training`).
 
 Configs are composed with ``hydra.compose`` and shrunk (tiny U-Net, grf 16x16, 256 samples, a few steps);
 ``run_train`` runs in-process with ``run_dir`` in ``tmp_path``. The kill -9 and DDP tests run the real CLI in
@@ -8,6 +8,7 @@ subprocesses (DDP: two gloo ranks on the CPU, set up through the torchrun enviro
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import signal
@@ -21,10 +22,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from sciencegen import training as T
 from sciencegen.config import config_dir
+from sciencegen.models import build as B
+from sciencegen.models.build import load_model
 from sciencegen.models.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sciencegen.pipelines import train as T
-from sciencegen.pipelines.train import TrainError, load_model, run_train
+from sciencegen.pipelines.train import TrainError, run_train
+from sciencegen.training import loop as L
 
 SMALL = [
     "dataset=grf", "dataset.size=16", "dataset.samples=256", "dataset.chunk=32", "model=unet",
@@ -75,12 +79,9 @@ def test_configs_compose():
         cfg = compose("train")
         gpu = compose("train", overrides=["train=gpu", "model.preset=base"])
         oracle = compose("train", overrides=["model=oracle"])
-    assert cfg.model._target_ == "sciencegen.pipelines.train.edm_unet" and cfg.model.preset == "tiny"
+    assert cfg.model._target_ == "sciencegen.models.build.edm_unet" and cfg.model.preset == "tiny"
     assert cfg.dataset.name == "grf" and cfg.train.max_minutes is None and cfg.train.max_steps > 0
-    assert set(cfg.train) == set(T._TRAIN_DEFAULTS)  # the code's fallbacks are the shipped defaults
-    shipped = T._plain(cfg.train)
-    assert {k: v for k, v in shipped.items() if k != "max_steps"} == {
-        k: v for k, v in T._TRAIN_DEFAULTS.items() if k != "max_steps"}
+    assert cfg.train.tensorboard is False  # an optional extra: off unless asked for
     assert gpu.train.batch_size == 256 and gpu.train.lr == cfg.train.lr / 2 and gpu.model.preset == "base"
     assert oracle.model.name == "oracle"
 
@@ -114,16 +115,16 @@ def test_pure_helpers():
 
 
 def test_resolve_model_config():
-    r = T.resolve_model_config({"_target_": "x", "name": "unet", "preset": "small", "in_channels": None,
+    r = B.resolve_model_config({"_target_": "x", "name": "unet", "preset": "small", "in_channels": None,
                                 "out_channels": None, "periodic": None, "checkpoint": "ignored"},
                                channels=2, field_dims=("y", "x"), field_shape=(8, 12), periodic={"y": True})
     assert r["in_channels"] == r["out_channels"] == 2 and r["periodic"] == [True, False]
     assert r["channel_mult"] == [1, 2, 2] and r["channels"] == 32 and "checkpoint" not in r
     with pytest.raises(TrainError, match=r"grid 8x10 \(y, x\) is not divisible by 4.*x=10"):
-        T.resolve_model_config({"preset": "small"}, channels=1, field_dims=("y", "x"), field_shape=(8, 10),
+        B.resolve_model_config({"preset": "small"}, channels=1, field_dims=("y", "x"), field_shape=(8, 10),
                                periodic=(True, True))
     with pytest.raises(TrainError, match="2-D U-Net but the data have 3 field dim"):
-        T.resolve_model_config({"preset": "tiny"}, channels=1, field_dims=("z", "y", "x"), field_shape=(4, 4, 4),
+        B.resolve_model_config({"preset": "tiny"}, channels=1, field_dims=("z", "y", "x"), field_shape=(4, 4, 4),
                                periodic=(True, True, True))
 
 
@@ -167,7 +168,8 @@ def test_train_resume_continues_exactly(tmp_path, data_root):
     assert again["trained"] is False and again["stopped"] == "done" and again["step"] == 8
 
 
-def test_figures_validation_and_summary(tmp_path, data_root, capsys):
+def test_figures_validation_and_summary(tmp_path, data_root, caplog):
+    caplog.set_level(logging.INFO, logger="sciencegen")
     run = tmp_path / "run"
     out = run_train(config(run, data_root, "train.max_steps=3", "train.figure_members=4", "train.figure_steps=4",
                            "train.holdout=0.25", "train.val_every=3", "train.val_batches=2"))
@@ -177,15 +179,16 @@ def test_figures_validation_and_summary(tmp_path, data_root, capsys):
     assert math.isfinite(float(last["val_loss"])) and math.isfinite(float(last["val_loss_raw"]))
     assert math.isfinite(float(last["spec_err"]))  # the grf law is exact: the figure's spectral error
     assert out["val_loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5)
-    text = capsys.readouterr().out
+    text = caplog.text
     assert "3 steps this run" in text and "checkpoint" in text
 
 
-def test_oracle_has_nothing_to_train(tmp_path, data_root, capsys):
+def test_oracle_has_nothing_to_train(tmp_path, data_root, caplog):
+    caplog.set_level(logging.INFO, logger="sciencegen")
     out = run_train(config(tmp_path, data_root, "model=oracle"))
     assert out["trained"] is False and out["stopped"] == "nothing to train"
-    assert "nothing to train" in capsys.readouterr().out
-    model = T.build_model({"_target_": "sciencegen.pipelines.train.oracle_denoiser"},
+    assert "nothing to train" in caplog.text
+    model = B.build_model({"_target_": "sciencegen.pipelines.train.oracle_denoiser"},  # an old path still builds
                           {"_target_": "sciencegen.physics.datasets.GRFSource", "size": 8, "samples": 4})
     assert model(torch.zeros(1, 1, 8, 8), torch.ones(1)).shape == (1, 1, 8, 8)
 
@@ -236,7 +239,7 @@ def test_damaged_checkpoints_are_skipped_or_refused(tmp_path, data_root):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root, monkeypatch):
-    real = T.denoising_loss
+    real = L.denoising_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
@@ -244,14 +247,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root
         loss = real(*args, **kw)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(T, "denoising_loss", poisoned)
+    monkeypatch.setattr(L, "denoising_loss", poisoned)
     with pytest.raises(TrainError, match=r"loss became nan at step 5 .*last good checkpoint is .*step_000000003\.pt"):
         run_train(config(tmp_path, data_root, "train.max_steps=10"))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000003.pt"]
     good = state(tmp_path)
     assert all(torch.isfinite(v).all() for v in good["model"].values())
     assert rows(tmp_path)[-1]["loss"] == "nan"
-    monkeypatch.setattr(T, "denoising_loss", real)  # the rerun resumes from the good checkpoint
+    monkeypatch.setattr(L, "denoising_loss", real)  # the rerun resumes from the good checkpoint
     out = run_train(config(tmp_path, data_root, "train.max_steps=6"))
     assert out["start_step"] == 3 and [int(r["step"]) for r in rows(tmp_path)] == list(range(1, 7))
 
@@ -330,7 +333,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path, data_root):
     # float tolerance: the two gradient sums differ by rounding; AdamW divides by sqrt(v), so a component
     # near zero can move by a small fraction of lr. Compare with the change training made (>= 1000x larger).
     torch.manual_seed(0)
-    init = T.build_model(load_checkpoint(single)[1]["meta"]["model"]).state_dict()
+    init = B.build_model(load_checkpoint(single)[1]["meta"]["model"]).state_dict()
     for key in ("model", "ema"):
         assert_same(s1[key], s2[key], rtol=1e-3, atol=2e-5)
         diff = max(float((s1[key][k] - s2[key][k]).abs().max()) for k in init)
@@ -343,14 +346,66 @@ def test_ddp_two_ranks_match_one_process(tmp_path, data_root):
 
 def test_save_checkpoint_meta_roundtrip(tmp_path):
     """A hand-written checkpoint with the meta layout rebuilds through load_model (generation's path)."""
-    meta_model = T.resolve_model_config({"_target_": "sciencegen.pipelines.train.edm_unet", "name": "unet",
+    meta_model = B.resolve_model_config({"_target_": "sciencegen.models.build.edm_unet", "name": "unet",
                                          "preset": "tiny", "in_channels": None, "periodic": None},
                                         channels=2, field_dims=("y", "x"), field_shape=(8, 8),
                                         periodic={"y": True, "x": True})
-    net = T.build_model(meta_model)
+    net = B.build_model(meta_model)
     save_checkpoint(tmp_path, 7, {"model": net.state_dict(), "ema": net.state_dict()},
                     meta={"model": meta_model, "data": {"mean": [0.0, 1.0], "std": [1.0, 2.0]}})
     model, meta = load_model(tmp_path / "checkpoints" / "step_000000007.pt")
     assert meta["step"] == 7 and model.net.in_channels == 2
     with pytest.raises(TrainError, match="no checkpoint file or directory"):
         load_model(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------------------------- moved code
+
+
+def test_is_oracle_is_decided_one_way():
+    assert B.is_oracle({"_target_": "sciencegen.models.build.oracle_denoiser"})
+    assert B.is_oracle({"_target_": "sciencegen.pipelines.train.oracle_denoiser"})  # recorded by old checkpoints
+    assert B.is_oracle({"name": "oracle", "_target_": "my.own.exact_law"})
+    assert not B.is_oracle({"name": "unet", "_target_": "sciencegen.models.build.edm_unet"})
+    assert not B.is_oracle({})
+
+
+def test_checkpoints_with_the_old_target_path_load_and_resume(tmp_path, data_root):
+    """Checkpoints written before the builders moved record ``sciencegen.pipelines.train.edm_unet``."""
+    run_train(config(tmp_path, data_root, "train.max_steps=2", "train.ckpt_every_steps=2"))
+    path, ckpt = load_checkpoint(tmp_path)
+    assert ckpt["meta"]["model"]["_target_"] == "sciencegen.models.build.edm_unet"
+    old = {**ckpt["meta"], "model": {**ckpt["meta"]["model"], "_target_": "sciencegen.pipelines.train.edm_unet"}}
+    path.unlink()
+    path.with_suffix(".json").unlink(missing_ok=True)
+    save_checkpoint(tmp_path, 2, ckpt["state"], meta=old)
+    model, meta = load_model(tmp_path)
+    assert meta["model"]["_target_"] == "sciencegen.pipelines.train.edm_unet" and meta["step"] == 2
+    assert_same(model.state_dict(), ckpt["state"]["ema"], rtol=0, atol=0)
+    out = run_train(config(tmp_path, data_root, "train.max_steps=3"))  # resuming compares the model configs
+    assert out["start_step"] == 2 and out["step"] == 3
+
+
+def test_a_partial_train_config_is_refused(tmp_path):
+    cfg = {"train": {"max_steps": 3}, "model": {}, "dataset": {}, "run_dir": str(tmp_path)}
+    with pytest.raises(TrainError, match=r"train: missing key\(s\) \['max_minutes', 'batch_size'.*compose the shipped"):
+        run_train(cfg)
+
+
+def test_tensorboard_without_the_package_warns_once(tmp_path, data_root, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as without tensorboard
+    caplog.set_level(logging.INFO, logger="sciencegen")
+    out = run_train(config(tmp_path, data_root, "train.max_steps=3", "train.tensorboard=true"))
+    assert out["trained"] and out["step"] == 3 and len(rows(tmp_path)) == 3
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "tensorboard" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    assert "not installed" in warned[0].getMessage() and "pip install 'sciencegen[tensorboard]'" in \
+        warned[0].getMessage()
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_tensorboard_with_the_package_writes_event_files(tmp_path, data_root):
+    pytest.importorskip("tensorboard")
+    out = run_train(config(tmp_path, data_root, "train.max_steps=3", "train.tensorboard=true"))
+    assert out["step"] == 3
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -20,9 +20,10 @@ import torch
 from fsfaults import fill, read_only, small_fs
 from hydra import compose, initialize_config_dir
 
+from sciencegen.analysis.figures import plot_samples
 from sciencegen.config import config_dir
 from sciencegen.models.checkpoint import list_checkpoints, load_checkpoint
-from sciencegen.pipelines.train import TrainError, plot_samples, run_train
+from sciencegen.pipelines.train import TrainError, run_train
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and mounts")
 

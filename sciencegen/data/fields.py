@@ -32,7 +32,9 @@ __all__ = [
     "human_bytes",
     "nonfinite_report",
     "open_user_data",
+    "progress_bar",
     "resolve_spec",
+    "short_error",
 ]
 
 #: what to do with NaN/Inf values in user data
@@ -126,7 +128,8 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """One-line summary of an exception: ``"TypeName: first line of its message"``."""
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
@@ -166,7 +169,7 @@ def open_user_data(path: Any, kind: str = "netcdf", engine: str | None = None) -
     except DataError:
         raise
     except Exception as exc:  # corrupt or unreadable input: say which and why, in one line
-        raise DataError(f"{label}: cannot open as {kind}: {_short(exc)}") from exc
+        raise DataError(f"{label}: cannot open as {kind}: {short_error(exc)}") from exc
     return ds, label
 
 
@@ -189,7 +192,7 @@ def apply_selection(ds: xr.Dataset, select: Mapping[str, Any] | None, label: str
     try:
         out = ds.sel(indexers)
     except Exception as exc:
-        raise DataError(f"{label}: selection {dict(select)} failed: {_short(exc)}") from exc
+        raise DataError(f"{label}: selection {dict(select)} failed: {short_error(exc)}") from exc
     for dim in indexers:
         if dim in out.dims and out.sizes[dim] == 0:
             raise DataError(f"{label}: the selection on {dim!r} is empty ({select[dim]!r} matches no value)")
@@ -277,7 +280,7 @@ def nonfinite_report(ds: xr.Dataset, spec: FieldSpec, progress: bool = False) ->
     import dask
 
     counts = {v: (~np.isfinite(ds[v])).sum(spec.field_dims) for v in spec.variables}
-    with _progress(progress, "checking values"):
+    with progress_bar(progress, "checking values"):
         (computed,) = dask.compute(counts)
     per_var, first, bad = {}, {}, None
     for v, c in computed.items():
@@ -320,8 +323,8 @@ def choose_chunks(ds: xr.Dataset, spec: FieldSpec, target_mb: float = 8.0, items
     return chunks
 
 
-def _progress(enabled: bool, desc: str):
-    """A tqdm bar over Dask tasks (local schedulers), or nothing."""
+def progress_bar(enabled: bool, desc: str) -> contextlib.AbstractContextManager[Any]:
+    """Context manager showing a tqdm bar ``desc`` over Dask tasks (local schedulers) when ``enabled``, else nothing."""
     if not enabled:
         return contextlib.nullcontext()
     from tqdm.dask import TqdmCallback
@@ -348,7 +351,7 @@ def compute_statistics(ds: xr.Dataset, spec: FieldSpec, progress: bool = False) 
         finite = np.isfinite(x)
         x0 = x.where(finite, 0.0)
         parts[v] = (finite.sum(), x0.sum(), (x0 * x0).sum(), x.min(skipna=True), x.max(skipna=True))
-    with _progress(progress, "statistics"):
+    with progress_bar(progress, "statistics"):
         (done,) = dask.compute(parts)
     rows = {k: [] for k in ("mean", "std", "min", "max", "count")}
     for v in spec.variables:
@@ -368,7 +371,7 @@ def compute_statistics(ds: xr.Dataset, spec: FieldSpec, progress: bool = False) 
         for i in redo:
             v = spec.variables[i]
             centred[v] = ((ds[v].astype("float64") - rows["mean"][i]) ** 2).sum(skipna=True)
-        with _progress(progress, "statistics (centred)"):
+        with progress_bar(progress, "statistics (centred)"):
             (c2,) = dask.compute(centred)
         for i in redo:
             rows["std"][i] = math.sqrt(float(c2[spec.variables[i]].values) / rows["count"][i])
@@ -384,4 +387,3 @@ def compute_statistics(ds: xr.Dataset, spec: FieldSpec, progress: bool = False) 
         if units is not None:
             stats.attrs[f"units_{v}"] = str(units)
     return stats
-

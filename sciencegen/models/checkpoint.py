@@ -39,7 +39,6 @@ import operator
 import os
 import re
 import socket
-import subprocess
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +48,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import SciencegenError
+from .meta import code_version, compact, first_difference, normalise
 
 __all__ = [
     "CHECKPOINT_SUBDIR",
@@ -57,8 +57,10 @@ __all__ = [
     "CheckpointWarning",
     "check_compatible",
     "code_version",
+    "first_difference",
     "list_checkpoints",
     "load_checkpoint",
+    "normalise",
     "save_checkpoint",
 ]
 
@@ -71,7 +73,6 @@ FORMAT_NAME = "sciencegen-checkpoint"
 _FINAL_RE = re.compile(r"^step_(\d+)\.pt$")
 _SIDECAR_RE = re.compile(r"^step_(\d+)\.json$")
 _TMP_RE = re.compile(r"^.+\.tmp-(?P<host>[^-]+)-(?P<pid>\d+)$")
-_GIT_TIMEOUT_S = 5.0
 
 
 class CheckpointError(SciencegenError):
@@ -489,35 +490,6 @@ def load_checkpoint(
 # --------------------------------------------------------------------------------------- compatibility
 
 
-def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
-    """The dotted path and the two values of the first difference between JSON values ``a`` and ``b``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            sub = f"{where}.{k}"
-            if k not in a or k not in b:
-                return sub, a.get(k, "<missing>"), b.get(k, "<missing>")
-            diff = _first_difference(a[k], b[k], sub)
-            if diff is not None:
-                return diff
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            diff = _first_difference(x, y, f"{where}[{i}]")
-            if diff is not None:
-                return diff
-        return None
-    return None if a == b else (where, a, b)
-
-
-def _normalise(value: Any) -> Any:
-    """JSON round trip (tuples → lists, keys → str) so a config compares equal to its stored copy."""
-    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
-
-
 def check_compatible(
     meta: Mapping[str, Any],
     expected: Mapping[str, Any],
@@ -550,66 +522,20 @@ def check_compatible(
     for key in keys:
         if key not in expected:
             continue
-        want = _normalise(expected[key])
+        want = normalise(expected[key])
         if key not in meta:
-            raise CheckpointError(f"{name} records no {key!r} in its meta but the config asks for {_compact(want)}")
-        have = _normalise(meta[key])
-        diff = _first_difference(have, want, key)
+            raise CheckpointError(f"{name} records no {key!r} in its meta but the config asks for {compact(want)}")
+        have = normalise(meta[key])
+        diff = first_difference(have, want, key)
         if diff is not None:
             at, a, b = diff
-            detail = f" (first difference: {at}: {_compact(a)} vs {_compact(b)})" if at != key else ""
+            detail = f" (first difference: {at}: {compact(a)} vs {compact(b)})" if at != key else ""
             raise CheckpointError(
-                f"{name} was trained for {key} {_compact(have)} but the config asks for {_compact(want)}{detail}"
+                f"{name} was trained for {key} {compact(have)} but the config asks for {compact(want)}{detail}"
             )
 
 
-# ------------------------------------------------------------------------------------------ provenance
-
-
-def _git(args: list[str], cwd: Path) -> str | None:
-    """Output of ``git args`` run in ``cwd``; ``None`` if git fails, is missing or times out."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}  # never take index.lock for a status
-    try:
-        r = subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout if r.returncode == 0 else None
-
-
-def _git_describe(pkg_dir: Path) -> str | None:
-    """Short commit of the checkout holding ``pkg_dir`` (+ ``-dirty``), or ``None`` if it is not one.
-
-    ``pkg_dir`` must be tracked by that checkout (a package installed inside some unrelated repository
-    gives ``None``). Dirty: modified/staged tracked files anywhere in the repository, or untracked
-    (not ignored) files inside ``pkg_dir``.
-    """
-    if _git(["ls-files", "--error-unmatch", "--", "__init__.py"], pkg_dir) is None:
-        return None
-    head = _git(["rev-parse", "--short", "HEAD"], pkg_dir)
-    if head is None or not head.strip():
-        return None
-    tracked = _git(["status", "--porcelain", "--untracked-files=no"], pkg_dir)
-    local = _git(["status", "--porcelain", "--untracked-files=normal", "--", "."], pkg_dir)
-    dirty = bool((tracked or "").strip() or (local or "").strip())
-    return head.strip() + ("-dirty" if dirty else "")
-
-
-def code_version() -> dict[str, str | None]:
-    """Versions of the code producing a checkpoint, for its ``meta``.
-
-    Returns
-    -------
-    dict
-        ``{"sciencegen": sciencegen.__version__, "git": "<short hash>[-dirty]" or None, "torch":
-        torch.__version__}``. ``git`` is ``None`` when the package is not in a git checkout (an installed
-        wheel) or git is missing/slow (each call has a timeout).
-    """
-    import sciencegen
-
-    return {
-        "sciencegen": sciencegen.__version__,
-        "git": _git_describe(Path(sciencegen.__file__).resolve().parent),
-        "torch": torch.__version__,
-    }
+#: public names of the temp-file rules the prepared-store writer (sciencegen.data.store) shares
+host_tag = _host_tag
+pid_alive = _pid_alive
+__all__ += ["host_tag", "pid_alive"]

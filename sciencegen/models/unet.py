@@ -196,6 +196,46 @@ class _NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([arg.cos(), arg.sin()], dim=1))
 
 
+def _checked_arguments(in_channels: int, out_channels: int | None, cond_channels: int, channels: int,
+                       channel_mult: Sequence[int], blocks_per_level: int, attention_levels: Sequence[int],
+                       dropout: float, emb_dim: int | None, periodic: Sequence[bool],
+                       padding_mode_nonperiodic: str) -> tuple[int, tuple[int, ...], tuple[int, ...],
+                                                                tuple[bool, ...], int]:
+    """Check the :class:`UNet` arguments (``ValueError`` if invalid) and return the normalised ones.
+
+    Returns
+    -------
+    tuple
+        ``out_channels, channel_mult, attention_levels, periodic, emb_dim`` with the defaults filled in.
+    """
+    out_channels = in_channels if out_channels is None else out_channels
+    for name, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
+                        ("cond_channels", cond_channels, 0), ("channels", channels, 1),
+                        ("blocks_per_level", blocks_per_level, 1)):
+        if isinstance(v, bool) or int(v) != v or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    channel_mult = tuple(int(m) for m in channel_mult)
+    if not channel_mult or min(channel_mult) < 1:
+        raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
+    levels = len(channel_mult)
+    attention_levels = tuple(sorted({int(a) for a in attention_levels}))
+    if any(a < 0 or a >= levels for a in attention_levels):
+        raise ValueError(f"attention_levels must lie in 0..{levels - 1} (levels of channel_mult), "
+                         f"got {attention_levels!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    periodic = tuple(bool(p) for p in periodic)
+    if len(periodic) != 2:
+        raise ValueError(f"periodic must give one flag per spatial dim (y, x), got {periodic!r}")
+    if padding_mode_nonperiodic not in _PAD_MODES:
+        raise ValueError(f"padding_mode_nonperiodic must be one of {sorted(_PAD_MODES)}, "
+                         f"got {padding_mode_nonperiodic!r}")
+    emb_dim = 4 * channels if emb_dim is None else int(emb_dim)
+    if emb_dim < 1:
+        raise ValueError(f"emb_dim must be positive, got {emb_dim!r}")
+    return out_channels, channel_mult, attention_levels, periodic, emb_dim
+
+
 class UNet(nn.Module):
     """2-D U-Net ``F(x, c_noise, cond=None)`` for fields ``[B, C_in, H, W]`` (the raw network of a denoiser).
 
@@ -249,75 +289,67 @@ class UNet(nn.Module):
         padding_mode_nonperiodic: str = "zeros",
     ):
         super().__init__()
-        out_channels = in_channels if out_channels is None else out_channels
-        for name, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
-                            ("cond_channels", cond_channels, 0), ("channels", channels, 1),
-                            ("blocks_per_level", blocks_per_level, 1)):
-            if isinstance(v, bool) or int(v) != v or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        channel_mult = tuple(int(m) for m in channel_mult)
-        if not channel_mult or min(channel_mult) < 1:
-            raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
-        levels = len(channel_mult)
-        attention_levels = tuple(sorted({int(a) for a in attention_levels}))
-        if any(a < 0 or a >= levels for a in attention_levels):
-            raise ValueError(f"attention_levels must lie in 0..{levels - 1} (levels of channel_mult), "
-                             f"got {attention_levels!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        periodic = tuple(bool(p) for p in periodic)
-        if len(periodic) != 2:
-            raise ValueError(f"periodic must give one flag per spatial dim (y, x), got {periodic!r}")
-        if padding_mode_nonperiodic not in _PAD_MODES:
-            raise ValueError(f"padding_mode_nonperiodic must be one of {sorted(_PAD_MODES)}, "
-                             f"got {padding_mode_nonperiodic!r}")
-        emb_dim = 4 * channels if emb_dim is None else int(emb_dim)
-        if emb_dim < 1:
-            raise ValueError(f"emb_dim must be positive, got {emb_dim!r}")
-
+        out_channels, channel_mult, attention_levels, periodic, emb_dim = _checked_arguments(
+            in_channels, out_channels, cond_channels, channels, channel_mult, blocks_per_level, attention_levels,
+            dropout, emb_dim, periodic, padding_mode_nonperiodic)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.cond_channels = int(cond_channels)
         self.channel_mult, self.attention_levels, self.periodic = channel_mult, attention_levels, periodic
         self.padding_mode_nonperiodic = padding_mode_nonperiodic
+        levels = len(channel_mult)
         self.factor = 2 ** (levels - 1)
         pm = (periodic, padding_mode_nonperiodic)
 
+        # the layers are created in forward order (embed, conv_in, down, mid, up, out): this order fixes both the
+        # state_dict keys and the draws from the global RNG at initialisation
         self.embed = _NoiseEmbedding(max(16, channels), emb_dim)
         self.conv_in = _Conv(self.in_channels + self.cond_channels, channels, 3, *pm)
-
-        # encoder: blocks (+ attention) per level, stride-2 conv between levels; record skip widths
-        self.down = nn.ModuleList()
-        skips, c = [channels], channels
-        for i, m in enumerate(channel_mult):
-            for _ in range(blocks_per_level):
-                cout = channels * m
-                self.down.append(_Stage(_ResBlock(c, cout, emb_dim, dropout, *pm), i in attention_levels, cout))
-                c = cout
-                skips.append(c)
-            if i < levels - 1:
-                self.down.append(_Resample(_Conv(c, c, 3, *pm, stride=2), up=False))
-                skips.append(c)
-
+        self.down, skips = self._encoder(channels, blocks_per_level, emb_dim, dropout, pm)
+        c = skips[-1]
         self.mid = nn.ModuleList([
             _Stage(_ResBlock(c, c, emb_dim, dropout, *pm), levels - 1 in attention_levels, c),
             _Stage(_ResBlock(c, c, emb_dim, dropout, *pm), False, c),
         ])
-
-        # decoder: one more block per level, each taking one skip; nearest-neighbour up-sampling + conv
-        self.up = nn.ModuleList()
-        for i in reversed(range(levels)):
-            for _ in range(blocks_per_level + 1):
-                cout = channels * channel_mult[i]
-                self.up.append(_Stage(_ResBlock(c + skips.pop(), cout, emb_dim, dropout, *pm),
-                                      i in attention_levels, cout, takes_skip=True))
-                c = cout
-            if i > 0:
-                self.up.append(_Resample(_Conv(c, c, 3, *pm), up=True))
-        assert not skips
-
+        self.up, c = self._decoder(channels, blocks_per_level, emb_dim, dropout, pm, skips)
         self.norm_out = _norm(c)
         self.conv_out = _Conv(c, self.out_channels, 3, *pm)
         _scale_init(self.conv_out, _BRANCH_INIT)
+
+    def _encoder(self, channels: int, blocks_per_level: int, emb_dim: int, dropout: float,
+                 pm: tuple[tuple[bool, ...], str]) -> tuple[nn.ModuleList, list[int]]:
+        """Encoder stages: blocks (+ attention) per level, stride-2 conv between levels; and the skip widths."""
+        levels = len(self.channel_mult)
+        down = nn.ModuleList()
+        skips, c = [channels], channels
+        for i, m in enumerate(self.channel_mult):
+            for _ in range(blocks_per_level):
+                cout = channels * m
+                down.append(_Stage(_ResBlock(c, cout, emb_dim, dropout, *pm), i in self.attention_levels, cout))
+                c = cout
+                skips.append(c)
+            if i < levels - 1:
+                down.append(_Resample(_Conv(c, c, 3, *pm, stride=2), up=False))
+                skips.append(c)
+        return down, skips
+
+    def _decoder(self, channels: int, blocks_per_level: int, emb_dim: int, dropout: float,
+                 pm: tuple[tuple[bool, ...], str], skips: list[int]) -> tuple[nn.ModuleList, int]:
+        """Decoder stages (one more block per level, each taking one skip; nearest up-sampling + conv); out width.
+
+        ``skips`` (the encoder's skip widths) is consumed; the input width is its last entry.
+        """
+        up = nn.ModuleList()
+        c = skips[-1]
+        for i in reversed(range(len(self.channel_mult))):
+            for _ in range(blocks_per_level + 1):
+                cout = channels * self.channel_mult[i]
+                up.append(_Stage(_ResBlock(c + skips.pop(), cout, emb_dim, dropout, *pm),
+                                 i in self.attention_levels, cout, takes_skip=True))
+                c = cout
+            if i > 0:
+                up.append(_Resample(_Conv(c, c, 3, *pm), up=True))
+        assert not skips
+        return up, c
 
     @classmethod
     def from_preset(cls, name: str, in_channels: int, out_channels: int | None = None, cond_channels: int = 0,

@@ -19,6 +19,10 @@ Discretisation: ``rfft2`` of ω on an ``n × n`` grid of points ``2π j / n``; t
 energy and enstrophy when ``ν = α = A = 0``. The linear part ``−ν|k|² − α`` is diagonal and integrated exactly
 (ETDRK4); the forcing is constant in time and ETDRK4 integrates it exactly too. Everything is batched over a leading
 dimension of trajectories and runs on any torch device and float dtype.
+
+This module holds the solver (:class:`SpectralSolver`) and the trajectory generator (:class:`KolmogorovFlow`); the
+spectral operators and diagnostics they use live in :mod:`sciencegen.physics.spectral` and are re-exported here
+(``curl``, ``energy_spectrum``, ``taylor_green``, ...).
 """
 
 from __future__ import annotations
@@ -31,6 +35,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from .spectral import (
+    COMPLEX_DTYPES,
+    check_dtype,
+    check_size,
+    curl,
+    dealias_mask,
+    derivative_wavenumbers,
+    divergence,
+    energy,
+    energy_spectrum,
+    enstrophy,
+    enstrophy_spectrum,
+    grid_points,
+    max_dealiased_wavenumber,
+    taylor_green,
+    velocity_from_vorticity,
+    wavenumbers,
+)
 
 if TYPE_CHECKING:
     import xarray
@@ -52,192 +75,6 @@ __all__ = [
 ]
 
 _VARIABLES = ("vorticity", "u", "v")
-_COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
-
-
-def _check_size(n: int) -> int:
-    if int(n) != n or n < 8 or n % 2:
-        raise ValueError(f"grid size must be an even integer >= 8, got {n!r}")
-    return int(n)
-
-
-def _check_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype not in _COMPLEX:
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    return dtype
-
-
-def max_dealiased_wavenumber(n: int) -> int:
-    """Largest wavenumber kept per axis by the 2/3 rule on an ``n``-point grid: ``(n − 1) // 3``."""
-    return (int(n) - 1) // 3
-
-
-def wavenumbers(
-    n: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer wavenumbers of the ``rfft2`` layout on the ``[0, 2π)²`` square.
-
-    Parameters
-    ----------
-    n
-        Grid points per side (even).
-    device, dtype
-        Where and in which real dtype to build them.
-
-    Returns
-    -------
-    kx, ky
-        ``kx`` of shape ``(1, n // 2 + 1)`` (``0 … n/2``) and ``ky`` of shape ``(n, 1)`` (``0 … n/2 − 1, −n/2 … −1``),
-        broadcasting to the ``(n, n // 2 + 1)`` half spectrum of ``torch.fft.rfft2`` over ``(y, x)``.
-    """
-    n = _check_size(n)
-    kx = torch.fft.rfftfreq(n, d=1.0 / n, dtype=dtype, device=device).reshape(1, -1)
-    ky = torch.fft.fftfreq(n, d=1.0 / n, dtype=dtype, device=device).reshape(-1, 1)
-    return kx, ky
-
-
-def _derivative_wavenumbers(n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wavenumbers for first derivatives: the Nyquist mode ``±n/2`` is set to zero (its derivative is not real)."""
-    kx, ky = wavenumbers(n, device=device, dtype=dtype)
-    kx = torch.where(kx.abs() == n // 2, torch.zeros_like(kx), kx)
-    ky = torch.where(ky.abs() == n // 2, torch.zeros_like(ky), ky)
-    return kx, ky
-
-
-def dealias_mask(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean ``(n, n // 2 + 1)`` mask of the modes kept by the 2/3 rule (``|k_x|, |k_y| ≤ (n − 1) // 3``)."""
-    kx, ky = wavenumbers(n, device=device)
-    kmax = max_dealiased_wavenumber(n)
-    return (kx.abs() <= kmax) & (ky.abs() <= kmax)
-
-
-def _grid(n: int, device, dtype) -> torch.Tensor:
-    return 2 * math.pi * torch.arange(n, device=device, dtype=dtype) / n
-
-
-def velocity_from_vorticity(omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Velocity ``(u, v) = (∂ψ/∂y, −∂ψ/∂x)`` with ``∇²ψ = −ω`` (spectral; the mean of ω is ignored).
-
-    Parameters
-    ----------
-    omega
-        Vorticity, shape ``(..., n, n)`` with ``y`` then ``x`` last.
-
-    Returns
-    -------
-    u, v
-        Velocity components with the shape and dtype of ``omega``.
-    """
-    n = _check_size(omega.shape[-1])
-    w_hat = torch.fft.rfft2(omega)
-    kx, ky = wavenumbers(n, device=omega.device, dtype=omega.dtype)
-    k2 = kx**2 + ky**2
-    inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
-    dkx, dky = _derivative_wavenumbers(n, omega.device, omega.dtype)
-    psi_hat = w_hat * inv_k2
-    u = torch.fft.irfft2(1j * dky * psi_hat, s=(n, n))
-    v = torch.fft.irfft2(-1j * dkx * psi_hat, s=(n, n))
-    return u, v
-
-
-def curl(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Spectral vorticity ``∂v/∂x − ∂u/∂y`` of a periodic velocity field of shape ``(..., n, n)``."""
-    n = _check_size(u.shape[-1])
-    dkx, dky = _derivative_wavenumbers(n, u.device, u.dtype)
-    return torch.fft.irfft2(1j * dkx * torch.fft.rfft2(v) - 1j * dky * torch.fft.rfft2(u), s=(n, n))
-
-
-def divergence(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Spectral divergence ``∂u/∂x + ∂v/∂y`` of a periodic velocity field of shape ``(..., n, n)``."""
-    n = _check_size(u.shape[-1])
-    dkx, dky = _derivative_wavenumbers(n, u.device, u.dtype)
-    return torch.fft.irfft2(1j * dkx * torch.fft.rfft2(u) + 1j * dky * torch.fft.rfft2(v), s=(n, n))
-
-
-def energy(omega: torch.Tensor) -> torch.Tensor:
-    """Domain-mean kinetic energy ``½⟨u² + v²⟩`` of vorticity fields ``(..., n, n)``; returns shape ``(...)``."""
-    u, v = velocity_from_vorticity(omega)
-    return 0.5 * (u**2 + v**2).mean(dim=(-2, -1))
-
-
-def enstrophy(omega: torch.Tensor) -> torch.Tensor:
-    """Domain-mean enstrophy ``½⟨ω²⟩`` of vorticity fields ``(..., n, n)``; returns shape ``(...)``."""
-    return 0.5 * (omega**2).mean(dim=(-2, -1))
-
-
-def _shell_spectrum(omega: torch.Tensor, weight_by_inverse_k2: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    n = _check_size(omega.shape[-1])
-    w_hat = torch.fft.rfft2(omega)
-    kx, ky = wavenumbers(n, device=omega.device, dtype=omega.dtype)
-    k2 = kx**2 + ky**2
-    # rfft half spectrum: columns 0 < kx < n/2 stand for themselves and their conjugates
-    multiplicity = torch.full_like(kx, 2.0)
-    multiplicity[..., 0] = 1.0
-    multiplicity[..., -1] = 1.0
-    density = 0.5 * multiplicity * w_hat.abs() ** 2 / float(n) ** 4
-    if weight_by_inverse_k2:
-        density = density * torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), 0.0)
-    shell = torch.round(torch.sqrt(k2)).to(torch.long).expand(n, n // 2 + 1).reshape(-1)
-    shells = int(shell.max()) + 1
-    flat = density.reshape(*density.shape[:-2], -1)
-    spectrum = torch.zeros(*flat.shape[:-1], shells, dtype=omega.dtype, device=omega.device)
-    spectrum.index_add_(-1, shell, flat)
-    return torch.arange(shells, dtype=omega.dtype, device=omega.device), spectrum
-
-
-def energy_spectrum(omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shell-summed kinetic energy spectrum of vorticity fields ``(..., n, n)``.
-
-    Shells are ``round(|k|) = 0, 1, …`` (shells above ``n/2`` are the incomplete corners of the square), and
-    ``E(k).sum(-1)`` equals :func:`energy` (Parseval).
-
-    Returns
-    -------
-    k, E
-        ``k`` of shape ``(K,)`` and ``E`` of shape ``(..., K)``.
-    """
-    return _shell_spectrum(omega, weight_by_inverse_k2=True)
-
-
-def enstrophy_spectrum(omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shell-summed enstrophy spectrum of vorticity fields ``(..., n, n)``; ``Z.sum(-1)`` equals :func:`enstrophy`.
-
-    Returns
-    -------
-    k, Z
-        ``k`` of shape ``(K,)`` and ``Z`` of shape ``(..., K)``; away from ``k = 0``, ``Z(k) = k² E(k)``.
-    """
-    return _shell_spectrum(omega, weight_by_inverse_k2=False)
-
-
-def taylor_green(
-    n: int,
-    t: float = 0.0,
-    *,
-    viscosity: float = 0.0,
-    drag: float = 0.0,
-    k: int = 1,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact Taylor–Green vortex of the unforced equations at time ``t``.
-
-    ``ω = 2k cos(kx) cos(ky) e^{−λt}``, ``u = −cos(kx) sin(ky) e^{−λt}``, ``v = sin(kx) cos(ky) e^{−λt}`` with
-    ``λ = 2νk² + α``: the advection term vanishes identically, so the decay is purely linear.
-
-    Returns
-    -------
-    omega, u, v
-        Each of shape ``(n, n)`` (``y`` then ``x``).
-    """
-    n = _check_size(n)
-    decay = math.exp(-(2.0 * viscosity * k * k + drag) * t)
-    grid = _grid(n, device, dtype)
-    y, x = grid.reshape(-1, 1), grid.reshape(1, -1)
-    omega = 2.0 * k * torch.cos(k * x) * torch.cos(k * y) * decay
-    u = -torch.cos(k * x) * torch.sin(k * y) * decay
-    v = torch.sin(k * x) * torch.cos(k * y) * decay
-    return omega, u, v
 
 
 def _etdrk4_coefficients(linear: torch.Tensor, dt: float, points: int = 64) -> tuple[torch.Tensor, ...]:
@@ -291,8 +128,8 @@ class SpectralSolver:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
     ):
-        n = self.size = _check_size(size)
-        self.dtype = _check_dtype(dtype)
+        n = self.size = check_size(size)
+        self.dtype = check_dtype(dtype)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dt = float(dt)
         if not self.dt > 0:
@@ -309,10 +146,10 @@ class SpectralSolver:
         mask = dealias_mask(n)
         linear = -float(viscosity) * k2 - float(drag)
         inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, torch.ones_like(k2)), torch.zeros_like(k2))
-        dkx, dky = _derivative_wavenumbers(n, None, torch.float64)
-        y = _grid(n, None, torch.float64).reshape(-1, 1)
+        dkx, dky = derivative_wavenumbers(n, None, torch.float64)
+        y = grid_points(n, None, torch.float64).reshape(-1, 1)
         forcing = (-amp * kf * torch.cos(kf * y)).expand(n, n)
-        cdtype = _COMPLEX[dtype]
+        cdtype = COMPLEX_DTYPES[dtype]
 
         def put(t: torch.Tensor, to: torch.dtype = dtype) -> torch.Tensor:
             return t.to(to).to(self.device)
@@ -447,7 +284,7 @@ class KolmogorovFlow:
             object.__setattr__(self, name, kind(value))
         for name in ("viscosity", "drag", "forcing_amplitude", "dt", "snapshot_interval", "spinup", "initial_rms"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        _check_size(self.size)
+        check_size(self.size)
         if self.viscosity < 0 or self.drag < 0:
             raise ValueError(f"viscosity and drag must be >= 0, got {self.viscosity!r}, {self.drag!r}")
         if not self.dt > 0:
@@ -496,7 +333,7 @@ class KolmogorovFlow:
     ) -> torch.Tensor:
         """Laminar fixed point ``ω = −A k_f cos(k_f y) / (ν k_f² + α)`` on the grid, shape ``(size, size)``."""
         kf = self.forcing_wavenumber
-        y = _grid(self.size, device, dtype).reshape(-1, 1)
+        y = grid_points(self.size, device, dtype).reshape(-1, 1)
         rate = self.viscosity * kf * kf + self.drag
         if rate == 0:
             raise ValueError("no laminar fixed point without viscosity or drag")
@@ -529,7 +366,7 @@ class KolmogorovFlow:
             rms = field.pow(2).mean().sqrt()
             fields.append(field * (self.initial_rms / rms) if rms > 0 else field)
         stacked = torch.stack(fields) if fields else torch.zeros(0, n, n, dtype=torch.float64)
-        return stacked.to(device=device, dtype=_check_dtype(dtype))
+        return stacked.to(device=device, dtype=check_dtype(dtype))
 
     def simulate(
         self,

@@ -1,0 +1,136 @@
+"""Setting up a training job: the prepared data (rank 0 writes the store once), the data streams, the meta.
+
+The meta is what every checkpoint records beside the weights: the resolved model config, the dataset config,
+the data layout and normalisation, the training options and the code version. :func:`sciencegen.models.load_model`
+rebuilds the model from it, and a resumed run must agree with it (model and dataset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.prepare import make_source, prepare
+from ..errors import TrainError
+from ..models.build import resolve_model_config
+from ..models.checkpoint import code_version
+from .distributed import Distributed
+from .options import data_root
+from .state import ignore_stop_signals
+
+__all__ = ["DataInfo", "Streams", "data_info", "first_batch", "open_streams", "prepare_data", "training_meta"]
+
+
+def prepare_data(cfg: Any, dist: Distributed, progress: bool) -> Any:
+    """The job's dataset as a prepared store (:func:`sciencegen.data.prepare.prepare`) on every rank.
+
+    Rank 0 writes the store (once); the other ranks wait and reuse it. A failure of rank 0 reaches every
+    rank (the others would hang otherwise).
+    """
+    kw = {"data_root": data_root(cfg)}
+    err = None
+    prepared = None
+    if dist.main:
+        try:
+            prepared = prepare(cfg["dataset"], progress=progress, **kw)
+        except Exception as exc:  # tell the waiting ranks before raising, or they would hang
+            err = exc
+    failed = dist.broadcast(None if err is None else str(err))
+    if err is not None:
+        raise err
+    if failed is not None:
+        raise TrainError(f"rank 0 could not prepare the data: {failed}")
+    if not dist.main:
+        prepared = prepare(cfg["dataset"], progress=False, **kw)
+    return prepared
+
+
+@dataclass
+class Streams:
+    """This rank's training stream and loader, and rank 0's validation stream (``None``: no held-out data)."""
+
+    train: Any
+    loader: Any
+    validation: Any
+
+
+def open_streams(store: Path, opts: dict[str, Any], dist: Distributed, local_batch: int) -> Streams:
+    """The training split of ``store`` sharded over the ranks, and the held-out split on rank 0.
+
+    Raises
+    ------
+    TrainError
+        The store cannot be read, or its training split holds less than one batch per rank.
+    """
+    from ..data.loader import from_store, make_loader
+
+    o = opts
+    try:
+        stream = from_store(store, batch_size=local_batch, split="train", holdout=float(o["holdout"]),
+                            seed=o["seed"], shuffle=bool(o["shuffle"]), drop_last=True, rank=dist.rank,
+                            world_size=dist.world)
+        val_stream = None
+        if o["holdout"] > 0 and o["val_batches"] > 0 and dist.main:
+            val_stream = from_store(store, batch_size=o["batch_size"], split="validation",
+                                    holdout=float(o["holdout"]), shuffle=False, rank=0, world_size=1)
+    except (ValueError, FileNotFoundError) as exc:
+        raise TrainError(f"data: {exc}") from None
+    if len(stream) == 0:
+        raise TrainError(f"data: the training split of {store} has {stream.n_samples} samples per "
+                         f"epoch, fewer than one batch of {local_batch} per rank: lower train.batch_size "
+                         "or train.holdout")
+    loader = make_loader(stream, num_workers=o["num_workers"], pin_memory=dist.device.type == "cuda",
+                         worker_init_fn=ignore_stop_signals)
+    return Streams(stream, loader, val_stream)
+
+
+@dataclass
+class DataInfo:
+    """The layout of the prepared data a model trains on."""
+
+    path: Path
+    field_shape: tuple[int, ...]
+    channels: int
+    mean: np.ndarray
+    std: np.ndarray
+    target: Any
+
+
+def data_info(prepared: Any, dataset_cfg: Any) -> DataInfo:
+    """Shape, channels, normalisation and (if the dataset has one) the exact law of the prepared data."""
+    target = None
+    with contextlib.suppress(Exception):
+        target = make_source(dataset_cfg).target()
+    return DataInfo(Path(prepared.path), tuple(prepared.field_shape), len(prepared.spec.variables),
+                    np.asarray(prepared.mean, dtype=float), np.asarray(prepared.std, dtype=float), target)
+
+
+def training_meta(cfg: Any, prepared: Any, info: DataInfo, dataset_cfg: dict[str, Any],
+                  opts: dict[str, Any]) -> dict[str, Any]:
+    """The meta of every checkpoint: resolved model config, dataset config, data layout, options, code."""
+    spec = prepared.spec
+    model_meta = resolve_model_config(cfg["model"], channels=info.channels, field_dims=spec.field_dims,
+                                      field_shape=info.field_shape, periodic=spec.periodic)
+    return {
+        "model": model_meta,
+        "dataset": dataset_cfg,
+        "data": {**spec.as_dict(), "field_shape": list(info.field_shape), "mean": info.mean.tolist(),
+                 "std": info.std.tolist(), "store": str(Path(prepared.path).resolve())},
+        "train": dict(opts),
+        "code": code_version(),
+    }
+
+
+def first_batch(streams: Streams, members: int) -> tuple[torch.Tensor | None, str]:
+    """The data row of the sample figures: the first held-out (else training) fields, and its label."""
+    src = streams.validation if streams.validation is not None else streams.train
+    label = "held-out data" if streams.validation is not None else "training data"
+    try:
+        return next(iter(src))[:members].double().cpu(), label
+    except Exception:
+        return None, label

@@ -18,6 +18,8 @@ import torch
 
 __all__ = [
     "GRIDS",
+    "SIGMA_MAX",
+    "SIGMA_MIN",
     "StepTable",
     "alpha_sigma",
     "block_ends",
@@ -25,6 +27,10 @@ __all__ = [
     "make_grid",
     "step_table",
 ]
+
+#: the default noise range of every grid (EDM noise levels of ``t_{N-1}`` and ``t_0``; Karras et al. 2022);
+#: ``conf/sde/vp.yaml`` states the same values for the commands
+SIGMA_MIN, SIGMA_MAX = 2e-3, 80.0
 
 
 def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +78,8 @@ GRIDS = {"geometric": _geometric, "uniform": _uniform, "karras": _karras, "logsn
 def make_grid(
     steps: int,
     grid: str = "geometric",
-    sigma_min: float = 2e-3,
-    sigma_max: float = 80.0,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
 ) -> torch.Tensor:
     """Reverse-time OU grid ``t_0 > t_1 > … > t_{N-1} > t_N = 0`` with ``N = steps``.
 

@@ -1,20 +1,23 @@
 """Samplers: the step-table engine and its named configurations."""
 
-from .api import Sampler, SampleResult, check_sampler, sample, sampler_table
-from .engine import WalkStats, evaluate, picard_walk, sequential_walk
+from .api import Sampler, SampleResult, check_sampler, sample, sampler_table, sequential_rounds
+from .engine import WalkStats, call_denoiser
+from .picard import picard_walk
 from .registry import SAMPLERS, resolve, twin
+from .sequential import sequential_walk
 
 __all__ = [
     "SAMPLERS",
     "SampleResult",
     "Sampler",
     "WalkStats",
+    "call_denoiser",
     "check_sampler",
-    "evaluate",
     "picard_walk",
     "resolve",
     "sample",
     "sampler_table",
+    "sequential_rounds",
     "sequential_walk",
     "twin",
 ]

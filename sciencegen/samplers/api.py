@@ -11,10 +11,12 @@ import torch
 
 from ..diffusion import block_ends, make_grid, step_table
 from . import noise as _noise
-from .engine import picard_walk, sequential_walk
+from .engine import WalkStats
+from .picard import picard_walk
 from .registry import DEFAULT_SAMPLER, DEFAULT_STEPS, resolve
+from .sequential import sequential_walk
 
-__all__ = ["SampleResult", "Sampler", "check_sampler", "sample", "sampler_table"]
+__all__ = ["SampleResult", "Sampler", "check_sampler", "sample", "sampler_table", "sequential_rounds"]
 
 
 @dataclass
@@ -58,6 +60,36 @@ def sampler_table(sampler: str, steps: int, **options: Any):
                        churn_max=float(cfg["churn_max"]), churn_noise=float(cfg["churn_noise"]))
     ends = block_ends(table, cfg["blocks"])
     return cfg, table, ends
+
+
+def sequential_rounds(sampler: str, steps: int, **options: Any) -> int:
+    """Rounds (batched denoiser calls in sequence) of a sequential sampler's walk over ``steps`` steps.
+
+    The same unit as a Picard sampler's ``rounds``: one step is one round, two where the step has a
+    predictor stage (Heun: every step but the last), plus each Langevin corrector step at the interior
+    block ends.
+
+    Parameters
+    ----------
+    sampler
+        A sequential name from :data:`~sciencegen.samplers.SAMPLERS` (e.g. a Picard sampler's
+        :func:`~sciencegen.samplers.twin`).
+    steps
+        Steps of the grid.
+    **options
+        Its options.
+
+    Raises
+    ------
+    ValueError
+        A Picard sampler (its rounds depend on convergence), or an unknown name or option.
+    """
+    cfg, table, ends = sampler_table(sampler, steps, **options)
+    if cfg["kind"] != "sequential":
+        raise ValueError(f"sampler {sampler!r} is not sequential: its rounds depend on convergence")
+    predictors = int((table.B3 != 0).sum()) if table.B3 is not None else 0
+    corrector_at = {e for e in ends[:-1] if 0 < e < table.steps} if cfg["corrector_steps"] else set()
+    return table.steps + predictors + int(cfg["corrector_steps"]) * len(corrector_at)
 
 
 def check_sampler(sampler: str, steps: int, **options: Any) -> dict[str, Any]:
@@ -148,8 +180,9 @@ def sample(
                        progress, sampler_options)
 
 
-def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype, progress,
-            sampler_options) -> SampleResult:
+def _check_inputs(denoiser: Any, shape: Sequence[int], members: int, steps: int, batch_size: int | None
+                  ) -> tuple[int, ...]:
+    """Validate the arguments of :func:`sample` (before the sampler's options); the shape as a tuple."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if int(members) != members or members < 1:
@@ -161,58 +194,66 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
     shape = tuple(int(v) for v in shape)
     if not shape or any(v < 1 for v in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
+    return shape
+
+
+def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype, progress,
+            sampler_options) -> SampleResult:
+    shape = _check_inputs(denoiser, shape, members, steps, batch_size)
     cfg, table, ends = sampler_table(sampler, int(steps), **sampler_options)
     _validate(cfg)
     device = torch.device(device) if device is not None else torch.device("cpu")
     bs = int(batch_size or members)
-    n = table.steps
-    outs, rpm, npm, fpm, residuals = [], [], [], [], []
-    rounds = 0
+    outs, runs = [], []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=members * n, desc=sampler, unit="step", leave=False)
+        bar = tqdm(total=members * table.steps, desc=sampler, unit="step", leave=False)
     for lo in range(0, members, bs):
         ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
         x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
-        tick = _Ticker(bar, len(ids))
-
-        common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
-                      corrector_size=float(cfg["corrector_size"]), progress=tick)
-        if cfg["kind"] == "sequential":
-            y, st = sequential_walk(denoiser, table, x, ids, seed, corrector_at=ends[:-1], **common)
-        else:
-            y, st = picard_walk(
-                denoiser, table, x, ids, seed, tol=float(cfg["tol"]),
-                window=int(cfg["window"] or max(e - s for s, e in zip([0] + ends[:-1], ends, strict=True))),
-                ends=ends, accept=cfg["accept"], max_iters=cfg["max_iters"], patience=int(cfg["patience"]),
-                norm=cfg["norm"],
-                **common,
-            )
+        y, st = _walk(denoiser, cfg, table, ends, x, ids, seed, _Ticker(bar, len(ids)))
         outs.append(y)
-        rounds += st.rounds
-        rpm.append(st.rounds_per_member)
-        npm.append(st.nfe_per_member)
-        fpm.append(st.fallbacks_per_member)
-        residuals.extend(st.residuals)
+        runs.append(st)
     if bar is not None:
         bar.close()
-    nfe = torch.cat(npm)
-    stats = {
+    return SampleResult(samples=torch.cat(outs), stats=_stats(sampler, table.steps, ends, cfg, runs))
+
+
+def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor, ids: list[int], seed: int,
+          tick: _Ticker) -> tuple[torch.Tensor, WalkStats]:
+    """One batch of members through the sampler's walk."""
+    common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
+                  corrector_size=float(cfg["corrector_size"]), progress=tick)
+    if cfg["kind"] == "sequential":
+        return sequential_walk(denoiser, table, x, ids, seed, corrector_at=ends[:-1], **common)
+    longest_block = max(hi - lo for lo, hi in zip([0] + ends[:-1], ends, strict=True))
+    return picard_walk(
+        denoiser, table, x, ids, seed, tol=float(cfg["tol"]), window=int(cfg["window"] or longest_block),
+        ends=ends, accept=cfg["accept"], max_iters=cfg["max_iters"], patience=int(cfg["patience"]),
+        norm=cfg["norm"], **common,
+    )
+
+
+def _stats(sampler: str, steps: int, ends: list[int], cfg: dict[str, Any], runs: list[WalkStats]
+           ) -> dict[str, Any]:
+    """The ``stats`` of a :class:`SampleResult` from the walks of its batches."""
+    nfe = torch.cat([st.nfe_per_member for st in runs])
+    fallbacks = torch.cat([st.fallbacks_per_member for st in runs])
+    return {
         "sampler": sampler,
-        "steps": n,
-        "rounds": rounds,
+        "steps": steps,
+        "rounds": sum(st.rounds for st in runs),
         "nfe": float(nfe.double().mean()),
         "nfe_per_member": nfe,
-        "rounds_per_member": torch.cat(rpm),
-        "fallbacks": int(torch.cat(fpm).sum()),
-        "fallbacks_per_member": torch.cat(fpm),
-        "residuals": residuals,
+        "rounds_per_member": torch.cat([st.rounds_per_member for st in runs]),
+        "fallbacks": int(fallbacks.sum()),
+        "fallbacks_per_member": fallbacks,
+        "residuals": [r for st in runs for r in st.residuals],
         "blocks": ends,
         "options": dict(cfg),
     }
-    return SampleResult(samples=torch.cat(outs), stats=stats)
 
 
 class Sampler:

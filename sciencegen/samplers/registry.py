@@ -2,46 +2,95 @@
 
 Chen, Ren, Ying & Rotskoff 2024 (picard_*, piadm_*); Shih et al. 2023 (paradigms); Lu et al. 2022 (sequential_*,
 dpm2m*); Karras et al. 2022 (heun).
+
+Every option is declared once in :data:`OPTIONS` with what it changes (its *kind*: the step ``table``, the
+``walk`` over it, or only how the ``engine`` calls the network), the walks that take it and the methods it
+applies to.  :func:`resolve` rejects an option its sampler cannot use; :func:`twin` derives the sequential
+twin's options from the kinds (:func:`~sciencegen.samplers.api.sequential_rounds` counts the twin's rounds).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COMMON", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "PICARD", "SAMPLERS", "resolve", "twin"]
+from ..diffusion import SIGMA_MAX, SIGMA_MIN
+
+__all__ = ["COMMON", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "KINDS", "OPTIONS", "PICARD", "SAMPLERS", "WALKS", "Option",
+           "resolve", "twin"]
 
 #: default for learned models, by measurement (docs/samplers.md): the best accuracy per sequential round
 #: on the exact GRF at 64² — 11 rounds, spectral error 0.014 (sequential 2M: 64 rounds, 0.014)
 DEFAULT_SAMPLER, DEFAULT_STEPS = "picard_dpm2m", 64
 
-#: options every sampler takes
-COMMON: dict[str, Any] = {
-    "method": "sde",  # "sde" | "ode" | "heun" (EDM's second-order ODE solver, two calls per step)
-    "order": 1,  # 1 | 2: DPM-Solver++(2M) multistep for sde/ode (data form)
-    "form": "data",  # "data" (DPM-Solver++ form) | "score" (the seed paper's form)
-    "grid": "geometric",  # see sciencegen.diffusion.GRIDS
-    "sigma_min": 2e-3,
-    "sigma_max": 80.0,
-    "max_batch": None,  # micro-batch of one denoiser call (items)
-    "blocks": 1,  # equal log-SNR blocks (Picard windows never cross a block end)
-    "corrector_steps": 0,  # Langevin steps at interior block ends
-    "corrector_size": 0.1,  # step = corrector_size * sigma^2
-    "churn": 0.0,  # heun: EDM S_churn (stochastic Heun when > 0)
-    "churn_min": 0.0,  # heun: churn only where churn_min <= sigma <= churn_max (EDM S_tmin, S_tmax)
-    "churn_max": float("inf"),
-    "churn_noise": 1.0,  # heun: EDM S_noise
+#: the two walks of the engine (a sampler's ``kind``)
+WALKS = ("sequential", "picard")
+#: what an option changes: the step table, the walk over it, or only how the engine calls the network
+KINDS = ("table", "walk", "engine")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One sampler option.
+
+    Attributes
+    ----------
+    default
+        The value when neither the named sampler nor the user sets it.
+    kind
+        ``"table"`` (changes the step table), ``"walk"`` (how the table is walked: blocks, corrector, Picard
+        convergence) or ``"engine"`` (only how the network is called; results unchanged).
+    help
+        One line.
+    walks
+        The walks that take it (a sampler of another walk rejects it as unknown).
+    methods
+        The methods it applies to (``None``: all); under another method only its default is accepted.
+    """
+
+    default: Any
+    kind: str
+    help: str
+    walks: tuple[str, ...] = WALKS
+    methods: tuple[str, ...] | None = None
+
+
+_HEUN = ("heun",)
+_PIC = ("picard",)
+
+#: every sampler option, declared once (the order is the order of a resolved configuration)
+OPTIONS: dict[str, Option] = {
+    "method": Option("sde", "table", "sde | ode | heun (EDM's second-order ODE solver, two calls per step)"),
+    "order": Option(1, "table", "1 | 2: DPM-Solver++(2M) multistep for sde/ode (data form)"),
+    "form": Option("data", "table", "data (DPM-Solver++ form) | score (the seed paper's form)"),
+    "grid": Option("geometric", "table", "noise-level grid, see sciencegen.diffusion.GRIDS"),
+    "sigma_min": Option(SIGMA_MIN, "table", "EDM noise level of the last point before 0"),
+    "sigma_max": Option(SIGMA_MAX, "table", "EDM noise level of the first point (pure noise)"),
+    "max_batch": Option(None, "engine", "micro-batch of one denoiser call (items)"),
+    "blocks": Option(1, "walk", "equal log-SNR blocks (Picard windows never cross a block end)"),
+    "corrector_steps": Option(0, "walk", "Langevin steps at interior block ends"),
+    "corrector_size": Option(0.1, "walk", "Langevin step = corrector_size * sigma^2"),
+    "churn": Option(0.0, "table", "EDM S_churn (stochastic Heun when > 0)", methods=_HEUN),
+    "churn_min": Option(0.0, "table", "churn only where churn_min <= sigma <= churn_max (EDM S_tmin)",
+                        methods=_HEUN),
+    "churn_max": Option(float("inf"), "table", "upper end of the churn range (EDM S_tmax)", methods=_HEUN),
+    "churn_noise": Option(1.0, "table", "EDM S_noise", methods=_HEUN),
+    "lag": Option("F", "table", "F: lag the denoiser only | step: lag the whole increment (ParaDiGMS)", walks=_PIC),
+    "tol": Option(1e-3, "walk", "convergence tolerance of a point's change (relative to sigma)", walks=_PIC),
+    "window": Option(None, "walk", "steps in flight per member; None: the whole block", walks=_PIC),
+    "accept": Option("prefix", "walk", "prefix: slide past the converged prefix | block: whole block at once",
+                     walks=_PIC),
+    "max_iters": Option(None, "walk", "fixed iteration count per block (seed paper's K); None: until tol",
+                        walks=_PIC),
+    "patience": Option(4, "walk", "rounds of growing residual before a sequential fallback", walks=_PIC),
+    "norm": Option("rms", "walk", "rms | fourier: how a point's change is measured", walks=_PIC),
 }
 
-#: options only the Picard walk takes
-PICARD: dict[str, Any] = {
-    "lag": "F",  # "F": lag the denoiser only | "step": lag the whole increment (ParaDiGMS)
-    "tol": 1e-3,
-    "window": None,  # steps in flight per member; None: the whole block
-    "accept": "prefix",  # "prefix": slide past the converged prefix | "block": whole block at once
-    "max_iters": None,  # fixed iteration count per block (seed paper's K); None: until tol
-    "patience": 4,  # rounds of growing residual before a sequential fallback
-    "norm": "rms",  # "rms" | "fourier": how a point's change is measured
-}
+#: defaults of the options every sampler takes
+COMMON: dict[str, Any] = {k: o.default for k, o in OPTIONS.items() if set(o.walks) == set(WALKS)}
+
+#: defaults of the options only the Picard walk takes
+PICARD: dict[str, Any] = {k: o.default for k, o in OPTIONS.items() if o.walks == _PIC}
 
 SAMPLERS: dict[str, dict[str, Any]] = {
     # one step per round
@@ -78,33 +127,79 @@ SAMPLERS: dict[str, dict[str, Any]] = {
                          "lag": "step", "tol": 0.1, "norm": "fourier"},
 }
 
-#: the sequential sampler of each (method, order)
+#: the sequential sampler of each (method, order): these two options pick the twin, the others carry over
+_PICKED_BY = ("method", "order")
 _SEQUENTIAL = {("sde", 1): "sequential_sde", ("ode", 1): "sequential_ode", ("heun", 1): "heun", ("heun", 2): "heun",
                ("ode", 2): "dpm2m", ("sde", 2): "dpm2m_sde"}
-_TWIN_KEYS = ("form", "grid", "sigma_min", "sigma_max", "blocks", "corrector_steps", "corrector_size", "churn",
-              "churn_min", "churn_max", "churn_noise")
 
 
 def twin(name: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """The sequential sampler (and options) that walks the same step table as ``name`` with ``options``."""
+    """The sequential sampler (and options) that walks the same step table as ``name`` with ``options``.
+
+    ``method`` and ``order`` pick the twin; it takes every other table and walk option of ``name`` that the
+    sequential walk takes and that differs from the twin's own value (engine options such as ``max_batch``
+    are left out).
+
+    Parameters
+    ----------
+    name
+        A name from :data:`SAMPLERS`.
+    options
+        Overrides of its configuration.
+
+    Returns
+    -------
+    (str, dict)
+        The twin's name and options.
+    """
     cfg = resolve(name, dict(options or {}))
-    seq = _SEQUENTIAL[(cfg["method"], int(cfg["order"]))]
+    method, order = (cfg[k] for k in _PICKED_BY)
+    seq = _SEQUENTIAL[(method, int(order))]
     base = resolve(seq, {})
-    return seq, {k: cfg[k] for k in _TWIN_KEYS if cfg[k] != base[k]}
+    return seq, {k: cfg[k] for k, o in OPTIONS.items()
+                 if k not in _PICKED_BY and o.kind != "engine" and "sequential" in o.walks and cfg[k] != base[k]}
 
 
 def resolve(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Merge a named configuration with user options, rejecting unknown names and keys."""
+    """Merge a named configuration with user options, rejecting unknown names and options it cannot use.
+
+    Parameters
+    ----------
+    name
+        A name from :data:`SAMPLERS`.
+    options
+        Overrides (keys of :data:`OPTIONS`).
+
+    Returns
+    -------
+    dict
+        Every option the sampler's walk takes, and ``kind`` (its walk).
+
+    Raises
+    ------
+    ValueError
+        An unknown name; an unknown option or one of another walk (e.g. ``tol`` for a sequential sampler);
+        an option set away from its default under a method it does not apply to (``churn`` without Heun).
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     spec = dict(SAMPLERS[name])
     kind = spec.pop("kind")
-    allowed = dict(COMMON)
-    if kind == "picard":
-        allowed.update(PICARD)
+    allowed = {k: o.default for k, o in OPTIONS.items() if kind in o.walks}
+    other = sorted(k for k in options if k in OPTIONS and k not in allowed)
+    if other:
+        walks = sorted({w for k in other for w in OPTIONS[k].walks})
+        raise ValueError(f"unknown option(s) {other} for sampler {name!r}: {kind} samplers take no "
+                         f"{', '.join(other)} (only {'/'.join(walks)} samplers do)")
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; valid: {sorted(allowed)}")
     cfg = {**allowed, **spec, **options}
+    idle = sorted(k for k in options if OPTIONS[k].methods is not None and cfg["method"] not in OPTIONS[k].methods
+                  and options[k] != OPTIONS[k].default)
+    if idle:
+        methods = sorted({m for k in idle for m in OPTIONS[k].methods})
+        raise ValueError(f"option(s) {idle} of sampler {name!r} apply to method {'/'.join(methods)} only, "
+                         f"not method={cfg['method']!r}")
     cfg["kind"] = kind
     return cfg

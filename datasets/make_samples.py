@@ -26,7 +26,7 @@ SAMPLES = {
 
 def main(names: list[str]) -> None:
     """Write the named samples (default: all)."""
-    from sciencegen.pipelines.data import prepare
+    from sciencegen.data.prepare import prepare
 
     HERE.mkdir(exist_ok=True)
     for name in names or list(SAMPLES):

@@ -17,9 +17,10 @@ from hydra import compose, initialize_config_dir
 
 from sciencegen.config import config_dir
 from sciencegen.data.fields import DataError
+from sciencegen.data.prepare import default_store_path, prepare
 from sciencegen.data.store import ATTR, open_prepared, read_metadata
 from sciencegen.physics.datasets import GRFSource, grf_samples
-from sciencegen.pipelines.data import default_store_path, prepare, run_data
+from sciencegen.pipelines.data import run_data
 from sciencegen.targets import GaussianRandomField, spectral_error
 
 

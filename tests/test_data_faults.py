@@ -200,7 +200,7 @@ def test_temp_folders_of_dead_writers_are_removed_by_the_next_run(tmp_path):
 
 
 def test_a_writer_killed_while_swapping_stores_gets_its_old_store_back(tmp_path):
-    from sciencegen.pipelines.data import prepare
+    from sciencegen.data.prepare import prepare
 
     conf = {"_target_": "sciencegen.physics.datasets.GRFSource", "size": 8, "samples": 16}
     store = tmp_path / "s.zarr"

@@ -113,12 +113,14 @@ def test_store_contract_and_truth(reference):
             "assert 'sciencegen' not in sys.modules; "
             "print(json.dumps({'dims': dict(ds.sizes), 'vars': sorted(ds.data_vars), "
             "'dtype': str(ds.field.dtype), 'chunks': ds.field.encoding['chunks'], 'units': ds.field.attrs['units'],"
-            " 'conv': ds.attrs['Conventions']}))")
+            " 'conv': ds.attrs['Conventions'], 'member': dict(ds.member.attrs)}))")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(reference)], env=env1(),
                          capture_output=True, text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"dims": {"member": 12, "y": 16, "x": 16}, "vars": ["complete", "field", "nfe", "rounds"],
-                   "dtype": "float32", "chunks": [4, 16, 16], "units": "1", "conv": "CF-1.8"}
+                   "dtype": "float32", "chunks": [4, 16, 16], "units": "1", "conv": "CF-1.10",
+                   "member": {"standard_name": "realization",
+                              "long_name": "ensemble member (depends only on seed, index)"}}
     ds = xr.open_zarr(reference)
     np.testing.assert_array_equal(ds["y"].values, np.arange(16) / 16)
     assert ds["field"].dims == ("member", "y", "x")
@@ -172,7 +174,8 @@ def test_netcdf_export(reference, tmp_path):
     run_generate(config(f"output.path={p}", f"output.netcdf={nc}"))
     with xr.open_dataset(nc) as ds:
         np.testing.assert_array_equal(ds["field"].values, field(reference))
-        assert ds.attrs["Conventions"] == "CF-1.8"
+        assert ds.attrs["Conventions"] == "CF-1.10"
+        assert ds["member"].attrs["standard_name"] == "realization" and "units" not in ds["member"].attrs
 
 
 def test_writes_through_a_running_dask_client(reference, tmp_path, monkeypatch):
@@ -292,7 +295,7 @@ def train_tiny(tmp_path: Path, steps: int) -> Path:
 
 
 def test_trained_checkpoint(tmp_path):
-    from sciencegen.pipelines.train import load_model
+    from sciencegen.models.build import load_model
 
     train_tiny(tmp_path, 2)
     p = tmp_path / "s.zarr"

@@ -303,7 +303,7 @@ def test_read_only_working_directory_is_one_line_before_hydra(tmp_path):
 
 
 def test_an_overwrite_killed_while_deleting_leaves_no_store_claiming_lost_members(reference, tmp_path, monkeypatch):
-    from sciencegen.pipelines import generate_store
+    from sciencegen.data import ensemble
 
     p = tmp_path / "o.zarr"
     shutil.copytree(reference, p)
@@ -314,7 +314,7 @@ def test_an_overwrite_killed_while_deleting_leaves_no_store_claiming_lost_member
         real(Path(path) / "nfe")
         raise SystemExit(137)
 
-    monkeypatch.setattr(generate_store.shutil, "rmtree", killed)
+    monkeypatch.setattr(ensemble.shutil, "rmtree", killed)
     with pytest.raises(SystemExit):
         run_generate(config(f"output.path={p}", "generate.seed=1", "output.overwrite=true"))
     monkeypatch.undo()

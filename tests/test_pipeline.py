@@ -4,6 +4,7 @@ a tiny config, then a rerun that reuses every stage's output; the oracle path; `
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 
 from sciencegen.config import config_dir, register
-from sciencegen.pipelines.generate import completed_members
+from sciencegen.data.ensemble import completed_members
 from sciencegen.pipelines.run import PipelineError, run_pipeline
 
 TINY = ["dataset.size=16", "dataset.samples=128", "dataset.chunk=32", "train.max_steps=3", "train.batch_size=4",
@@ -31,7 +32,8 @@ def config(tmp_path, *overrides):
                                                 f"data_root={tmp_path / 'data'}", *overrides])
 
 
-def test_four_stages_then_a_cheap_rerun(tmp_path, capsys):
+def test_four_stages_then_a_cheap_rerun(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sciencegen")
     first = run_pipeline(config(tmp_path))
     run = tmp_path / "run"
     assert first["train"]["step"] == 3 and first["train"]["trained"]
@@ -42,7 +44,8 @@ def test_four_stages_then_a_cheap_rerun(tmp_path, capsys):
     head = first["headline"]
     assert head["sequential_rounds"] == 8 and 0 < head["rounds_per_batch"] <= 8
     assert head["spectral_error"] > 0
-    out = capsys.readouterr().out
+    out = caplog.text
+    caplog.clear()
     assert "ensemble store:" in out and "spectral error vs reference" in out and "sequential rounds per batch" in out
 
     before = xr.open_zarr(run / "samples.zarr")["field"].values
@@ -50,7 +53,7 @@ def test_four_stages_then_a_cheap_rerun(tmp_path, capsys):
     assert second["data"]["reused"]
     assert not second["train"]["trained"]  # reached train.max_steps: nothing to do
     assert second["generate"]["done"] == 0 and second["generate"]["skipped"] == 8
-    assert "evaluation unchanged" in capsys.readouterr().out
+    assert "evaluation unchanged" in caplog.text
     assert json.loads((run / "evaluation" / "metrics.json").read_text()) == metrics
     np.testing.assert_array_equal(xr.open_zarr(run / "samples.zarr")["field"].values, before)
 

@@ -1,6 +1,17 @@
-"""The ensemble store on disk: create it, lock it, write a chunk of members, read back what is complete.
+"""The ensemble store on disk: its public API, used by generate, evaluate and the whole pipeline.
 
-The rules that keep a store true (DESIGN.md §5, docs/generate.md):
+* **create** from a template: :func:`template` (the layout: fields over ``member`` + field dims, the per-member
+  ``rounds``, ``nfe`` and ``complete`` arrays, the CF ``member`` coordinate, root attributes), then
+  :func:`create_store` (metadata only, renamed into place); :func:`discard_store` removes a store to replace it;
+* **write a chunk**: :func:`write_chunk` (data first, flags last), :func:`chunk_ranges` (the chunks along
+  ``member``), :func:`set_flags`, :func:`repair_arrays`;
+* **completed members**: :func:`completed_members`, :func:`unreadable_chunks`;
+* **open for reading**: :func:`open_store` (lazy xarray), :func:`field_variables`, :func:`read_meta`;
+  :func:`export_netcdf` writes a finished store to one netCDF file;
+* **the identity a rerun is compared with**: :func:`read_identity` (the ``identity`` recorded in the store's
+  ``sciencegen_ensemble`` attribute; generation refuses to continue a store of another identity).
+
+The rules that keep a store true (docs/generate.md, docs/architecture.md):
 
 * the store is created whole (metadata only) in a hidden sibling directory and renamed into place;
 * every store carries a random ``store_id`` in its root attributes; a writer checks that the store at its
@@ -31,19 +42,31 @@ import numpy as np
 import xarray as xr
 
 from ..errors import SciencegenError
+from .store import CONVENTIONS
 
 __all__ = [
     "ATTR",
-    "FORMAT_VERSION",
+    "CONVENTIONS",
     "FLAG_ARRAYS",
+    "FORMAT_VERSION",
+    "MEMBER_ATTRS",
     "StoreError",
     "StoreLock",
+    "StoreReplaced",
+    "chunk_ranges",
     "completed_members",
     "create_store",
+    "discard_store",
+    "export_netcdf",
+    "field_variables",
     "is_zarr",
+    "open_store",
+    "read_identity",
     "read_meta",
+    "remove_stale_asides",
     "repair_arrays",
     "set_flags",
+    "template",
     "unreadable_chunks",
     "write_chunk",
 ]
@@ -53,6 +76,8 @@ ATTR = "sciencegen_ensemble"
 FORMAT_VERSION = 1
 #: per-member arrays beside the fields
 FLAG_ARRAYS = ("rounds", "nfe", "complete")
+#: CF attributes of the ``member`` coordinate (a ``realization`` index is a pure number: CF asks for no units)
+MEMBER_ATTRS = {"standard_name": "realization", "long_name": "ensemble member (depends only on seed, index)"}
 
 
 class StoreError(SciencegenError):
@@ -98,6 +123,24 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         raise StoreError(f"{path} is corrupt: its {ATTR} attribute is not valid JSON; move it away and rerun") from None
     return meta if isinstance(meta, dict) else None
+
+
+def read_identity(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The identity recorded in a store: what a rerun's identity is compared with (None: no sciencegen store).
+
+    The identity is what decides the members' values (dataset, model, sampler, seed, members, dtype,
+    variables); generation continues a store only when a rerun's identity equals it.
+
+    Raises
+    ------
+    StoreError
+        The store's root metadata is corrupt (see :func:`read_meta`).
+    """
+    p = Path(path)
+    if not is_zarr(p):
+        return None
+    meta = read_meta(p)
+    return meta.get("identity") if meta else None
 
 
 def _check_owner(path: str, store_id: str | None) -> None:
@@ -149,6 +192,76 @@ class StoreLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def chunk_ranges(members: int, chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the store's chunks along ``member``."""
+    return [(a, min(a + chunk, members)) for a in range(0, members, chunk)]
+
+
+def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple[str, ...],
+             field_shape: tuple[int, ...], members: int, chunk: int, *, coords: dict[str, Any] | None = None,
+             var_attrs: dict[str, dict] | None = None, attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """The layout of an ensemble store as a lazy (Dask, all zeros) dataset, for :func:`create_store`.
+
+    Parameters
+    ----------
+    meta
+        The store's description (``format``, ``identity``, ``chunk``, ``batch_size``, ``store_id``), written
+        as JSON into the root attribute :data:`ATTR`.
+    variables, field_dims, field_shape
+        One float32 field per variable on ``(member, *field_dims)``.
+    members, chunk
+        Members in the store and members per Zarr chunk.
+    coords
+        Coordinates of the field dims (``{dim: (dim, values, attrs)}``); ``member`` gets :data:`MEMBER_ATTRS`.
+    var_attrs
+        Attributes per variable (units, long_name, ...).
+    attrs
+        Further root attributes; ``Conventions`` is :data:`CONVENTIONS`, as in the prepared dataset stores.
+    """
+    import dask.array as da
+
+    shape = (members, *field_shape)
+    var_attrs = var_attrs or {}
+    data: dict[str, Any] = {}
+    for v in variables:
+        data[v] = (("member", *field_dims), da.zeros(shape, chunks=(chunk, *field_shape), dtype="f4"),
+                   var_attrs.get(v, {}))
+    data["rounds"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+                      {"long_name": "sequential denoiser rounds of the batch that produced the member"})
+    data["nfe"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+                   {"long_name": "denoiser evaluations spent on the member"})
+    data["complete"] = (("member",), da.zeros(members, chunks=chunk, dtype=bool),
+                        {"long_name": "member written completely (incomplete members read as NaN)"})
+    coords = dict(coords or {})
+    coords["member"] = ("member", np.arange(members), dict(MEMBER_ATTRS))
+    root = {ATTR: json.dumps(meta, sort_keys=True, default=str), "Conventions": CONVENTIONS, **(attrs or {})}
+    return xr.Dataset(data, coords=coords, attrs=root)
+
+
+def discard_store(path: Path) -> None:
+    """Remove a store to replace it: renamed aside first (atomic), then deleted.
+
+    A kill during the deletion leaves no store at ``path`` claiming members it lost, only a
+    ``.NAME.old-HOST-PID`` sibling that :func:`remove_stale_asides` deletes later. Call with the store's
+    :class:`StoreLock` held exclusively.
+    """
+    aside = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_stale_asides(path: Path) -> list[Path]:
+    """Delete ``.NAME.old-*`` siblings left by replacements that were killed (call with the lock held exclusively).
+
+    Returns the folders removed.
+    """
+    removed = []
+    for old in path.parent.glob(f".{path.name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
 
 
 def create_store(path: Path, template: xr.Dataset, variables: tuple[str, ...]) -> bool:
@@ -306,3 +419,45 @@ def unreadable_chunks(path: Path, ranges: list[tuple[int, int]], chunks: list[in
                 bad[c] = f"{name}: missing or non-finite values in members flagged complete"
                 break
     return bad
+
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def open_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open an ensemble store lazily (Dask arrays on the store's chunks); read ``complete`` with
+    :func:`completed_members`, which counts unreadable flags as incomplete."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata is a zarr v3 extension
+        return xr.open_zarr(str(path), chunks={})
+
+
+def field_variables(ds: xr.Dataset) -> tuple[str, ...]:
+    """The field variables of an opened store: over ``member`` and at least one field dim, not the flag arrays."""
+    return tuple(str(v) for v in ds.data_vars
+                 if v not in FLAG_ARRAYS and "member" in ds[v].dims and ds[v].ndim >= 2)
+
+
+def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Export a finished ensemble store to one netCDF file (written to a temporary name, then renamed).
+
+    Raises
+    ------
+    StoreError
+        Not every member of the store is complete.
+    """
+    out = Path(out)
+    ds = xr.open_zarr(str(path))
+    # the flags, not ds["complete"]: xarray decodes unwritten flags (fill value False) as NaN, which is truthy
+    if not completed_members(path, int(ds.sizes["member"])).all():
+        raise StoreError(f"{path} is not complete: finish the ensemble before exporting it to netCDF")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    enc = {v: {"zlib": True, "complevel": 1} for v in ds.data_vars if ds[v].dtype.kind == "f"}
+    try:
+        ds.to_netcdf(tmp, encoding=enc)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return out

@@ -42,16 +42,16 @@ from .fields import (
     NONFINITE_POLICIES,
     DataError,
     FieldSpec,
-    _progress,
-    _short,
     choose_chunks,
     compute_statistics,
     human_bytes,
     nonfinite_report,
+    progress_bar,
+    short_error,
 )
 
-__all__ = ["ATTR", "DataWriteError", "PreparedData", "open_prepared", "read_metadata", "remove_stale_temps",
-           "write_prepared"]
+__all__ = ["ATTR", "CONVENTIONS", "DataWriteError", "PreparedData", "open_prepared", "read_metadata",
+           "remove_stale_temps", "store_bytes", "write_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     import zarr
 
     try:
-        g = zarr.open_group(str(path), mode="r")
-        raw = g.attrs.get(ATTR)
-    except Exception:
-        return None
-    if raw is None:
-        return None
-    try:
+        raw = zarr.open_group(str(path), mode="r").attrs.get(ATTR)
         meta = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    except (TypeError, ValueError):
+    except Exception:  # not a Zarr store, no or garbled metadata: not ours
         return None
     return meta if isinstance(meta, dict) and "variables" in meta else None
 
@@ -168,7 +162,7 @@ def open_prepared(path: str | os.PathLike, chunks: Any = None) -> PreparedData:
         stats = xr.open_zarr(path, group="statistics").load()
         stats = stats.assign_coords(variable=list(stats.attrs.get("variables", meta["variables"])))
     except Exception as exc:
-        raise DataError(f"{path}: cannot read dataset: {_short(exc)}") from exc
+        raise DataError(f"{path}: cannot read dataset: {short_error(exc)}") from exc
     return PreparedData(path, ds, FieldSpec.from_dict(meta), stats, meta)
 
 
@@ -255,7 +249,7 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
         data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs)
         _check_space(data, spec, path)
         _stop_point(stop)
-        with _progress(progress, f"writing {path.name}"):
+        with progress_bar(progress, f"writing {path.name}"):
             data.to_zarr(tmp, mode="w", consolidated=False)
         _stop_point(stop)
         _complete(tmp, spec, label, nonfinite, progress, json.loads(data.attrs[ATTR]))
@@ -326,7 +320,8 @@ def _apply_nonfinite(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: st
     report = nonfinite_report(out, spec, progress)
     if not report["total"]:
         return out
-    where = "; ".join(f"{v}: {n}" + (f" (first at {_fmt(report['first'][v])})" if v in report["first"] else "")
+    first = {v: ", ".join(f"{k}={x}" for k, x in c.items()) for v, c in report["first"].items()}
+    where = "; ".join(f"{v}: {n}" + (f" (first at {first[v]})" if v in first else "")
                       for v, n in report["per_variable"].items() if n)
     if nonfinite == "error":
         raise DataError(f"{label}: {report['total']} NaN/Inf values ({where}); set dataset.nonfinite=mask to "
@@ -412,14 +407,10 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 # ------------------------------------------------------------------------------- faults, signals, stale temps
 
 
-def _host_tag() -> str:
-    from ..models.checkpoint import _host_tag as tag  # one rule for every temp name of the package
-
-    return tag()
-
-
 def _temp_path(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{_host_tag()}-{os.getpid()}")
+    from ..models.checkpoint import host_tag  # one rule for every temp name of the package
+
+    return path.with_name(f".{path.name}.{kind}-{host_tag()}-{os.getpid()}")
 
 
 def _make_temp(path: Path, existed: bool) -> Path:
@@ -554,13 +545,13 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     directory
         Where stores live (the parent of an output path, e.g. the data root).
     """
-    from ..models.checkpoint import _pid_alive
+    from ..models.checkpoint import host_tag, pid_alive
 
     try:
         entries = sorted(Path(directory).iterdir())
     except OSError:
         return []
-    host, me, done = _host_tag(), os.getpid(), []
+    host, me, done = host_tag(), os.getpid(), []
     for p in entries:
         m = _TEMP_RE.match(p.name)
         legacy = m is None
@@ -568,7 +559,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
         if m is None or (not legacy and m["host"] != host) or not p.is_dir():
             continue
         pid = int(m["pid"])
-        if pid == me or _pid_alive(pid) or (legacy and time.time() - _newest_mtime(p) < LEGACY_QUIET_S):
+        if pid == me or pid_alive(pid) or (legacy and time.time() - _newest_mtime(p) < LEGACY_QUIET_S):
             continue
         final = p.with_name(m["name"])
         try:
@@ -592,10 +583,6 @@ def _newest_mtime(p: Path) -> float:
             with contextlib.suppress(OSError):
                 newest = max(newest, os.stat(f).st_mtime)
     return newest
-
-
-def _fmt(coords: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in coords.items())
 
 
 def store_bytes(path: str | os.PathLike) -> int:

@@ -1,136 +1,38 @@
-"""``run_data(cfg)``: generate a built-in dataset or prepare a user dataset as a Zarr store with statistics."""
+"""``run_data(cfg)``: the ``sciencegen-data`` job, a thin wrapper over :func:`sciencegen.data.prepare.prepare`.
+
+It generates a built-in dataset or prepares a user dataset as a Zarr store with statistics, and logs the
+summary (:func:`sciencegen.data.prepare.summary`) that the console shows at the end.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
+import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from ..data.fields import DataError
-from ..data.fields import human_bytes as _human
-from ..data.sources import FieldSource
-from ..data.store import PreparedData, store_bytes, write_prepared
+from ..data.prepare import prepare, summary
+from ..data.store import PreparedData
 
-__all__ = ["NOT_DATA_KEYS", "dataset_config", "dataset_identity", "default_store_path", "make_source", "prepare",
-           "run_data", "summary"]
+__all__ = ["run_data"]
 
-
-def dataset_config(cfg_dataset: Any) -> dict[str, Any]:
-    """Plain, resolved dict of a dataset config (DictConfig or mapping)."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import MissingMandatoryValue
-
-    if isinstance(cfg_dataset, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg_dataset, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
-        except MissingMandatoryValue as exc:
-            key = getattr(exc, "full_key", None) or str(exc).split("\n")[0]
-            raise DataError(f"missing mandatory value: {key} (set it on the command line, e.g. {key}=...)") from None
-    return dict(cfg_dataset)
-
-
-#: dataset keys that do not change the data: left out of a store's identity (its name hash and recorded config)
-NOT_DATA_KEYS = ("max_gb",)
-
-
-def dataset_identity(cfg_dataset: Any) -> dict[str, Any]:
-    """The dataset config without the keys that do not change the data (:data:`NOT_DATA_KEYS`)."""
-    return {k: v for k, v in dataset_config(cfg_dataset).items() if k not in NOT_DATA_KEYS}
-
-
-def default_store_path(cfg_dataset: Any, data_root: str | os.PathLike) -> Path:
-    """``DATA_ROOT/NAME-HASH.zarr``: one cached store per distinct dataset config."""
-    conf = dataset_identity(cfg_dataset)
-    digest = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Path(data_root) / f"{conf.get('name', 'dataset')}-{digest}.zarr"
-
-
-def make_source(cfg_dataset: Any) -> FieldSource:
-    """Instantiate the dataset config's ``_target_``; config mistakes become one-line :class:`DataError`."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    conf = dataset_config(cfg_dataset)
-    if "_target_" not in conf:
-        raise DataError("dataset config has no _target_ (pick one with dataset=grf|kolmogorov|netcdf|zarr)")
-    try:
-        source = instantiate(conf, _convert_="all")
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, DataError):
-            raise cause from None
-        if isinstance(cause, TypeError) and "argument" in str(cause):
-            raise DataError(f"dataset ({conf.get('name')}): {str(cause).split(': ', 1)[-1]}") from None
-        raise DataError(f"dataset: {str(exc).splitlines()[0]}") from None
-    if not isinstance(source, FieldSource):
-        raise DataError(f"dataset._target_ {conf['_target_']} is not a sciencegen FieldSource")
-    return source
-
-
-def prepare(cfg_dataset: Any, path: str | os.PathLike | None = None, *, data_root: str | os.PathLike = "data",
-            overwrite: bool = False, dtype: str = "float32", chunk_mb: float = 8.0,
-            progress: bool = False) -> PreparedData:
-    """Make sure the dataset of ``cfg_dataset`` exists as a prepared store and open it.
-
-    A store that already holds the same config is reused without writing.
-
-    Parameters
-    ----------
-    cfg_dataset
-        The ``dataset`` config group (with ``_target_``).
-    path
-        Output store; default :func:`default_store_path`.
-    data_root
-        Where default store paths live.
-    overwrite, dtype, chunk_mb, progress
-        See :func:`~sciencegen.data.store.write_prepared`.
-    """
-    import dask
-
-    conf = dataset_config(cfg_dataset)
-    source = make_source(conf)
-    path = Path(path) if path else default_store_path(conf, data_root)
-    ds, spec, label = source.open(progress=progress)
-    # generators run torch inside their tasks (threaded already): one task at a time
-    scheduler = "synchronous" if source.generated else None
-    with dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext():
-        return write_prepared(ds, spec, path, name=source.name, config=dataset_identity(conf), label=label,
-                              overwrite=overwrite, dtype=dtype, chunk_mb=chunk_mb, chunks=source.chunks(),
-                              nonfinite=source.nonfinite, check_input=not source.generated, progress=progress,
-                              extra_attrs=source.attrs(), max_gb=source.max_gb)
-
-
-def summary(p: PreparedData, seconds: float | None = None) -> str:
-    """Human summary: variables, dims, sizes, chunks, statistics, how to open the store."""
-    spec, ds = p.spec, p.ds
-    lines = []
-    how = "reused (same config)" if p.reused else f"written in {seconds:.1f} s" if seconds is not None else "written"
-    lines.append(f"dataset {p.meta.get('name')} -> {p.path} ({_human(store_bytes(p.path))} on disk, {how})")
-    samples = " x ".join(f"{d}={ds.sizes[d]}" for d in spec.sample_dims)
-    field = " x ".join(f"{d}={ds.sizes[d]}" for d in spec.field_dims)
-    per = [d for d in spec.field_dims if spec.periodic.get(d)]
-    lines.append(f"  samples: {p.samples} ({samples})   field: {field}   periodic: {', '.join(per) or 'none'}")
-    chunks = ds[spec.variables[0]].encoding.get("chunks") or ds[spec.variables[0]].data.chunksize
-    lines.append("  chunks: " + ", ".join(f"{d}={c}" for d, c in zip(ds[spec.variables[0]].dims, chunks, strict=False)))
-    header = f"  {'variable':<14}{'units':<12}{'dtype':<9}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}{'finite':>12}"
-    lines.append(header)
-    st = p.stats
-    for i, v in enumerate(spec.variables):
-        units = str(ds[v].attrs.get("units", "-"))
-        lines.append(f"  {v:<14}{units:<12}{str(ds[v].dtype):<9}{st['mean'].values[i]:>12.5g}"
-                     f"{st['std'].values[i]:>12.5g}{st['min'].values[i]:>12.5g}{st['max'].values[i]:>12.5g}"
-                     f"{int(st['count'].values[i]):>12d}")
-    lines.append(f"  open with: xarray.open_zarr({str(p.path)!r}); statistics: group='statistics'")
-    return "\n".join(lines)
+log = logging.getLogger(__name__)
 
 
 def run_data(cfg: Mapping[str, Any] | Any) -> PreparedData:
-    """The ``sciencegen-data`` job: prepare ``cfg.dataset`` into ``cfg.output.path`` and print a summary."""
+    """The ``sciencegen-data`` job: prepare ``cfg.dataset`` into ``cfg.output.path`` and log a summary.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``conf/data.yaml`` config (``dataset``, ``output``, ``data_root``, ``progress``,
+        ``threads``).
+
+    Returns
+    -------
+    PreparedData
+        The prepared (written or reused) dataset.
+    """
     threads = cfg.get("threads") if hasattr(cfg, "get") else None
     if threads:
         import torch
@@ -141,5 +43,5 @@ def run_data(cfg: Mapping[str, Any] | Any) -> PreparedData:
     prepared = prepare(cfg["dataset"], out.get("path"), data_root=cfg.get("data_root", "data"),
                        overwrite=bool(out.get("overwrite", False)), dtype=str(out.get("dtype", "float32")),
                        chunk_mb=float(out.get("chunk_mb", 8.0)), progress=bool(cfg.get("progress", True)))
-    print(summary(prepared, time.perf_counter() - t0), flush=True)
+    log.info("%s", summary(prepared, time.perf_counter() - t0))
     return prepared

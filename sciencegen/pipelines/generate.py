@@ -1,23 +1,22 @@
 """``run_generate(cfg)``: sample an ensemble and stream it, batch by batch, into one chunked Zarr store.
 
-The Zarr contract (DESIGN.md §5, docs/generate.md): dim ``member`` plus the dataset's field dims and
-coordinates, one float32 variable per physical variable in physical units, chunked by ``output.chunk``
-members along ``member``; per-member ``rounds``, ``nfe`` and ``complete``; the resolved config, sampler,
-model identity, version and CF ``Conventions`` in the attributes.
+The Zarr contract (docs/generate.md, "The store"; docs/architecture.md): dim ``member`` (CF
+``standard_name: realization``) plus the dataset's field dims and coordinates, one float32 variable per physical
+variable in physical units, chunked by ``output.chunk`` members along ``member``; per-member ``rounds``, ``nfe``
+and ``complete``; the resolved config, sampler, model identity, version and CF ``Conventions`` in the attributes.
 
-How it stays correct: the store's on-disk rules (identity token, lock, data before flags) are in
-:mod:`sciencegen.data.ensemble`, its planning in :mod:`.generate_store`. Member ``i`` depends only on
-``(seed, i)`` and on the batch that sampled it, which the store records, so resumes, shards and interruptions
-give the same bytes; a shard ``i/n`` owns a contiguous, chunk-aligned slice of members. SIGINT / SIGTERM stop
-the job after the chunk in flight.
+How it stays correct: the store's layout and on-disk rules (identity token, lock, data before flags) are the
+public API of :mod:`sciencegen.data.ensemble`, the generation-specific planning is
+:mod:`sciencegen.generation.plan` and the model :mod:`sciencegen.generation.model`.
+Member ``i`` depends only on ``(seed, i)`` and on the batch that sampled it, which the store records, so
+resumes, shards and interruptions give the same bytes; a shard ``i/n`` owns a contiguous, chunk-aligned slice
+of members. SIGINT / SIGTERM stop the job after the chunk in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
@@ -32,29 +31,28 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..config import instantiate
 from ..data.ensemble import (
     ATTR,
+    chunk_ranges,
     completed_members,
+    export_netcdf,
+    template,
     write_chunk,
 )
-from ..data.fields import DataError
+from ..data.prepare import dataset_config, dataset_identity, human_bytes, make_source
 from ..data.store import store_bytes
 from ..errors import Interrupted, os_error_line, stop_requests
-from ..models.checkpoint import _normalise
-from .data import _human, dataset_config, dataset_identity, make_source
-from .generate_store import (
+from ..generation.model import ModelInfo, dataset_differences, resolve_denoiser
+from ..generation.plan import (
     GenerateError,
     Plan,
-    _check_netcdf,
-    _plan,
-    chunk_ranges,
-    export_netcdf,
+    check_netcdf,
     parse_shard,
+    plan,
     shard_chunks,
     store_attrs,
-    template,
 )
-from .train import _plain
 
 __all__ = [
     "ATTR",
@@ -62,7 +60,9 @@ __all__ = [
     "Plan",
     "chunk_ranges",
     "completed_members",
+    "dataset_differences",
     "export_netcdf",
+    "format_summary",
     "parse_shard",
     "resolve_denoiser",
     "run_generate",
@@ -71,135 +71,6 @@ __all__ = [
 
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------- pure helpers
-
-
-# --------------------------------------------------------------------------------------------- the model
-
-
-@dataclass
-class ModelInfo:
-    """A denoiser ready to sample and what the ensemble must look like."""
-
-    denoiser: Callable[..., torch.Tensor]
-    variables: tuple[str, ...]
-    field_dims: tuple[str, ...]
-    field_shape: tuple[int, ...]
-    mean: np.ndarray | None  # per variable: physical = normalised * std + mean (None: the model is physical)
-    std: np.ndarray | None
-    identity: dict[str, Any]
-    label: str
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: tuple[int, ...],
-                     device: torch.device) -> ModelInfo:
-    """Build the denoiser of ``model_cfg`` for the dataset and check that they fit each other.
-
-    Parameters
-    ----------
-    model_cfg
-        ``model`` config: ``oracle`` (the exact denoiser of an analytic dataset) or a trained model with
-        ``checkpoint`` (a ``step_*.pt`` file or a training run directory: its newest valid checkpoint).
-    dataset_cfg
-        ``dataset`` config.
-    spec, field_shape
-        The dataset's :class:`~sciencegen.data.fields.FieldSpec` and field shape.
-    device
-        Where to run the model.
-
-    Raises
-    ------
-    GenerateError
-        No checkpoint for a trained model, or a checkpoint trained on other data.
-    """
-    from .train import TrainError, build_model, load_model
-
-    model = _plain(model_cfg)
-    name = str(model.get("name", model.get("_target_", "model")))
-    if name == "oracle" or str(model.get("_target_", "")).endswith("oracle_denoiser"):
-        try:
-            oracle = build_model(model, dataset_cfg)
-        except (TrainError, DataError) as exc:
-            raise GenerateError(str(exc)) from None
-        shape = getattr(oracle, "shape", None)
-        if shape is not None and tuple(shape) != (len(spec.variables), *field_shape):
-            raise GenerateError(f"model=oracle has sample shape {tuple(shape)} but the dataset has "
-                                f"{len(spec.variables)} variables on {field_shape}")
-        return ModelInfo(oracle.to(device), tuple(spec.variables), tuple(spec.field_dims), field_shape, None, None,
-                         {"name": "oracle"}, "oracle (exact denoiser)")
-    ckpt = model.get("checkpoint")
-    if not ckpt:
-        raise GenerateError(f"model={name} needs model.checkpoint=RUN_DIR or a step_*.pt file "
-                            f"(train one with sciencegen-train ... model={name})")
-    if not Path(str(ckpt)).exists():
-        raise GenerateError(f"model.checkpoint {ckpt}: no such file or directory")
-    try:
-        net, meta = load_model(str(ckpt), map_location=device)
-    except TrainError as exc:
-        raise GenerateError(str(exc)) from None
-    have = str((meta.get("model") or {}).get("name", "?"))
-    if have != name:
-        raise GenerateError(f"checkpoint {meta['path']} holds a {have} model, not model={name}")
-    data = meta.get("data") or {}
-    trained = (tuple(data.get("variables", ())), tuple(data.get("field_dims", ())),
-               tuple(int(v) for v in data.get("field_shape", ())))
-    asked = (tuple(spec.variables), tuple(spec.field_dims), tuple(field_shape))
-    if trained != asked:
-        def show(t: tuple) -> str:
-            return f"variables {list(t[0])} on {dict(zip(t[1], t[2], strict=False))}"
-
-        ds_name = (meta.get("dataset") or {}).get("name", "?")
-        raise GenerateError(f"checkpoint {meta['path']} was trained on {ds_name} with {show(trained)}, but the "
-                            f"dataset has {show(asked)}: pick the matching dataset options or another checkpoint")
-    _warn_other_dataset(meta, dataset_cfg)
-    identity = {"name": name, "checkpoint": str(Path(meta["path"]).resolve()), "step": int(meta["step"]),
-                "sha256": _file_digest(meta["path"])}
-    return ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
-                     np.asarray(data["std"], dtype=np.float64), identity,
-                     f"{name} {meta['path']} (step {meta['step']})")
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
-def _warn_other_dataset(meta: Mapping[str, Any], dataset_cfg: Any) -> None:
-    differences = dataset_differences(meta.get("dataset") or {}, _plain(dataset_cfg))
-    if differences:
-        log.warning("checkpoint %s was trained on another dataset configuration (%s): its samples follow the "
-                    "training data, not this configuration", meta["path"], "; ".join(differences))
-
-
-def dataset_differences(trained: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
-    """``"key: trained -> now"`` for every dataset option whose value differs between a checkpoint's training
-    data and the dataset asked for now (grid and variables are checked separately and must agree)."""
-    a, b = _flat(_normalise(trained)), _flat(_normalise(asked))
-    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _NOT_THE_LAW)
-    return [f"dataset.{k}: {json.dumps(a.get(k, '<unset>'))} in training, {json.dumps(b.get(k, '<unset>'))} now"
-            for k in keys if a.get(k) != b.get(k)]
-
-
-#: dataset keys that change how data are stored or how many there are, not the law of one field
-_NOT_THE_LAW = frozenset({"name", "chunk", "device", "engine", "samples", "trajectories", "snapshots", "nonfinite",
-                          "max_gb", "progress"})
-
-
-# --------------------------------------------------------------------------------------------- the store
 
 
 # --------------------------------------------------------------------------------------------- the job
@@ -283,9 +154,6 @@ def _client(address: Any) -> Any:
 def _make_sampler(smp: Any, sde: Any = None) -> Any:
     """Instantiate the ``sampler`` config (its ``_target_``) with the ``sde`` noise range where the sampler
     leaves it unset and it differs from the named sampler's; bad names or options become one line."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     from ..samplers import SAMPLERS
     from ..samplers.registry import resolve
 
@@ -295,12 +163,7 @@ def _make_sampler(smp: Any, sde: Any = None) -> Any:
         for k in ("sigma_min", "sigma_max"):
             if smp.get(k) is None and sde.get(k) is not None and float(sde[k]) != float(named[k]):
                 extra[k] = float(sde[k])
-    try:
-        return instantiate(smp, _convert_="all", **extra)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        msg = str(cause) if isinstance(cause, (ValueError, TypeError)) else str(exc).splitlines()[0]
-        raise GenerateError(f"sampler {smp.get('name')}: {msg}") from None
+    return instantiate(smp, f"sampler {smp.get('name')}", GenerateError, **extra)
 
 
 def _default_output() -> Path:
@@ -402,21 +265,21 @@ def _run(cfg: Any, job: _Job, dist: _Dist, stop: Any, held: list[Plan]) -> dict[
     from ..samplers.distributed import SplitDenoiser
 
     gen, out = cfg["generate"], cfg["output"]
-    _check_netcdf(out.get("netcdf"))
+    check_netcdf(out.get("netcdf"))
     info, identity, make_template, label = _setup(cfg, job)
     path = None if out.get("discard") else Path(str(out.get("path") or _default_output())).expanduser()
-    plan = None
+    mine = None
     if dist.rank == 0:
-        plan = _plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
-                     info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
-        held.append(plan)
-    shared = dist.broadcast(dataclasses.replace(plan, lock=None) if plan is not None else None)
-    plan = plan or shared
+        mine = plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
+                    info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
+        held.append(mine)
+    shared = dist.broadcast(dataclasses.replace(mine, lock=None) if mine is not None else None)
+    todo = mine or shared
     model = SplitDenoiser(info.denoiser) if dist.on else info.denoiser
-    writer = dist.rank == 0 and plan.path is not None
-    run = _announce(job, plan, info, label, dist.rank == 0)
-    _sample_chunks(job, plan, info, model, run, stop, dist, writer, gen)
-    return _finish(job, plan, run, writer, out, dist.rank == 0)
+    writer = dist.rank == 0 and todo.path is not None
+    run = _announce(job, todo, info, label, dist.rank == 0)
+    _sample_chunks(job, todo, info, model, run, stop, dist, writer, gen)
+    return _finish(job, todo, run, writer, out, dist.rank == 0)
 
 
 def _kept(line: str, plan: Plan | None) -> str:
@@ -446,8 +309,9 @@ def _setup(cfg: Any, job: _Job) -> tuple[ModelInfo, dict[str, Any], Callable[...
                  for v in info.variables}
 
     def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
-        attrs = store_attrs(meta, identity, info, cfg, job.resolved, __version__)
-        return template(info, coords, var_attrs, job.members, chunk, attrs)
+        attrs = store_attrs(identity, info, cfg, job.resolved, __version__)
+        return template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
+                        coords=coords, var_attrs=var_attrs, attrs=attrs)
 
     return info, identity, make_template, label
 
@@ -480,9 +344,9 @@ def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) ->
     index, count = job.shard
     if talk:
         shard_text = f"shard {index}/{count}, " if count > 1 else ""
-        print(f"sciencegen-generate: {job.members} members of {label} with {job.name} ({job.steps} steps), "
-              f"{info.label}, {shard_text}{todo} to do, {skipped} already written"
-              + (f" -> {plan.path}" if plan.path else " (discarded)"), flush=True)
+        log.info("sciencegen-generate: %d members of %s with %s (%d steps), %s, %s%d to do, %d already written%s",
+                 job.members, label, job.name, job.steps, info.label, shard_text, todo, skipped,
+                 f" -> {plan.path}" if plan.path else " (discarded)")
     return _Run(batch, todo, skipped)
 
 
@@ -577,7 +441,7 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
                "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{job.shard[0]}/{job.shard[1]}",
                "sampler": job.name, "steps": job.steps}
     if talk:
-        print(format_summary(summary), flush=True)
+        log.info("%s", format_summary(summary))
     return summary
 
 
@@ -590,6 +454,6 @@ def format_summary(s: Mapping[str, Any]) -> str:
                      f"{s['done'] / max(s['seconds'], 1e-9):.2f} members/s")
     if s["path"]:
         lines.append(f"  store {s['path']}: {s['complete']}/{s['members']} members complete, "
-                     f"{_human(s['bytes'])} of fields written now, {_human(s['store_bytes'])} on disk")
+                     f"{human_bytes(s['bytes'])} of fields written now, {human_bytes(s['store_bytes'])} on disk")
         lines.append(f"  open with: xarray.open_zarr({s['path']!r})")
     return "\n".join(lines)

@@ -1,59 +1,59 @@
 """The ensemble store as the generate pipeline plans it: output paths checked before any work, the store
 created or checked (identity, lock, missing arrays, unreadable chunks) and the chunks this process still owns.
 
-Part of :mod:`sciencegen.pipelines.generate` (split out to keep one concern per module); the on-disk
-mechanics (create, lock, write a chunk, read flags) are :mod:`sciencegen.data.ensemble`.
+Used by :mod:`sciencegen.pipelines.generate` (a pipeline imports no other pipeline, so the command's planning
+lives here): shards, the root attributes generation records, which chunks are still to do, and the one-line
+errors of ``sciencegen-generate``. The store itself (its layout, create, lock, write a chunk, completed
+members, the recorded identity, export) is the public API of :mod:`sciencegen.data.ensemble`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import math
 import os
-import shutil
-import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import xarray as xr
 
+from ..config import plain
 from ..data.ensemble import (
-    ATTR,
     FORMAT_VERSION,
     StoreLock,
+    chunk_ranges,
     completed_members,
     create_store,
+    discard_store,
     is_zarr,
     read_meta,
+    remove_stale_asides,
     repair_arrays,
     set_flags,
     unreadable_chunks,
 )
 from ..errors import SciencegenError, os_error_line
-from ..models.checkpoint import _first_difference, _normalise
-from .train import _plain
+from ..models.meta import first_difference, normalise
 
 if TYPE_CHECKING:
-    from .generate import ModelInfo
+    from .model import ModelInfo
 
-log = logging.getLogger("sciencegen.pipelines.generate")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "GenerateError",
     "Plan",
-    "chunk_ranges",
-    "export_netcdf",
+    "check_netcdf",
+    "check_output_path",
     "parse_shard",
+    "plan",
     "shard_chunks",
     "store_attrs",
-    "template",
 ]
 
 
@@ -106,11 +106,6 @@ def parse_shard(spec: Any, env: Mapping[str, str] | None = None) -> tuple[int, i
     return index, count
 
 
-def chunk_ranges(members: int, chunk: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` of the store's chunks along ``member``."""
-    return [(a, min(a + chunk, members)) for a in range(0, members, chunk)]
-
-
 def shard_chunks(n_chunks: int, index: int, count: int) -> range:
     """The contiguous chunk indices shard ``index`` of ``count`` owns (as equal as possible; may be empty)."""
     return range(index * n_chunks // count, (index + 1) * n_chunks // count)
@@ -131,31 +126,19 @@ class Plan:
     lock: StoreLock | None = None
 
 
-def template(info: ModelInfo, coords: dict[str, Any], var_attrs: dict[str, dict], members: int, chunk: int,
-              attrs: dict[str, Any]) -> xr.Dataset:
-    import dask.array as da
-
-    shape = (members, *info.field_shape)
-    data: dict[str, Any] = {}
-    for v in info.variables:
-        data[v] = (("member", *info.field_dims), da.zeros(shape, chunks=(chunk, *info.field_shape), dtype="f4"),
-                   var_attrs.get(v, {}))
-    data["rounds"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
-                      {"long_name": "sequential denoiser rounds of the batch that produced the member"})
-    data["nfe"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
-                   {"long_name": "denoiser evaluations spent on the member"})
-    data["complete"] = (("member",), da.zeros(members, chunks=chunk, dtype=bool),
-                        {"long_name": "member written completely (incomplete members read as NaN)"})
-    coords = dict(coords)
-    coords["member"] = ("member", np.arange(members), {"long_name": "ensemble member (depends only on seed, index)"})
-    return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
-                       lock: StoreLock | None) -> dict[str, Any] | None:
+def check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
+                      lock: StoreLock | None) -> dict[str, Any] | None:
     """The existing store's metadata when it holds this ensemble; None when the path is free (or overwritten).
 
-    Overwriting needs ``lock`` exclusively: a store that another job is writing is never deleted.
+    A store holds this ensemble when its recorded identity (:func:`sciencegen.data.ensemble.read_identity`)
+    equals ``identity``. Overwriting needs ``lock`` exclusively: a store that another job is writing is never
+    deleted.
+
+    Raises
+    ------
+    GenerateError
+        The path is a file, a foreign directory or store, another ensemble (without ``overwrite``), or a store
+        another job is writing.
     """
     if path.is_file() or (path.exists() and not path.is_dir()):
         raise GenerateError(f"output.path {path} is a file, not a Zarr store: choose another output.path")
@@ -170,7 +153,7 @@ def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
     if meta is None:
         raise GenerateError(f"output.path {path} is a Zarr store not written by sciencegen-generate: "
                             "it is never overwritten; choose another output.path")
-    diff = _first_difference(meta.get("identity"), _normalise(identity), "")
+    diff = first_difference(meta.get("identity"), normalise(identity), "")
     if diff is None:
         return meta
     at, was, now = diff
@@ -182,35 +165,8 @@ def _check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
         raise GenerateError(f"output.path {path} is being written by another sciencegen-generate job (it holds "
                             f"{lock.file if lock else 'the lock'}): output.overwrite=true would delete its members; "
                             "wait for it or stop it, then rerun")
-    # rename aside first (atomic): a kill during the deletion leaves no store claiming members it lost
-    aside = path.parent / f".{path.name}.old-{socket.gethostname()}-{os.getpid()}"
-    os.rename(path, aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    discard_store(path)  # renamed aside first: a kill while deleting leaves no store claiming lost members
     return None
-
-
-def _remove_stale_asides(path: Path) -> None:
-    """Delete ``.NAME.old-*`` siblings left by overwrites that were killed (call with the lock held exclusively)."""
-    for old in path.parent.glob(f".{path.name}.old-*"):
-        log.info("removing %s, left by an overwrite that was interrupted", old)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Export a finished ensemble store to one netCDF file (written to a temporary name, then renamed)."""
-    out = Path(out)
-    ds = xr.open_zarr(str(path))
-    if not bool(ds["complete"].all()):
-        raise GenerateError(f"{path} is not complete: finish the ensemble before exporting it to netCDF")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    enc = {v: {"zlib": True, "complevel": 1} for v in ds.data_vars if ds[v].dtype.kind == "f"}
-    try:
-        ds.to_netcdf(tmp, encoding=enc)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return out
 
 
 def _make_parent(path: Path, key: str) -> None:
@@ -226,8 +182,14 @@ def _make_parent(path: Path, key: str) -> None:
                                 f"{os_error_line(exc).split(': ', 1)[-1]}") from None
 
 
-def _check_netcdf(target: Any) -> None:
-    """``output.netcdf`` must be a writable file path: checked before any work (its parent is created)."""
+def check_netcdf(target: Any) -> None:
+    """``output.netcdf`` must be a writable file path: checked before any work (its parent is created).
+
+    Raises
+    ------
+    GenerateError
+        The path is a directory, a parent of it is a file, or its directory is not writable.
+    """
     if not target:
         return
     out = Path(str(target)).expanduser()
@@ -249,11 +211,25 @@ def _lock(path: Path) -> tuple[StoreLock | None, OSError | None]:
     return lock, None
 
 
-def store_attrs(meta: dict[str, Any], identity: dict[str, Any], info: ModelInfo, cfg: Any,
-                 resolved: dict[str, Any], version: str) -> dict[str, Any]:
+def store_attrs(identity: dict[str, Any], info: ModelInfo, cfg: Any, resolved: dict[str, Any],
+                version: str) -> dict[str, Any]:
+    """The root attributes generation records beside the store's description and ``Conventions``
+    (:func:`sciencegen.data.ensemble.template`): title, source, history, sampler, model, seed, the config.
+
+    Parameters
+    ----------
+    identity
+        The ensemble's identity (dataset, model, sampler, seed, ...).
+    info
+        The model (its identity is recorded).
+    cfg
+        The job's config (recorded resolved).
+    resolved
+        The sampler's resolved options.
+    version
+        sciencegen's version.
+    """
     return {
-        ATTR: json.dumps(meta, sort_keys=True, default=str),
-        "Conventions": "CF-1.8",
         "title": f"{identity['dataset'].get('name', 'dataset')} ensemble from sciencegen",
         "source": f"sciencegen {version}",
         "history": f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}: "
@@ -265,14 +241,32 @@ def store_attrs(meta: dict[str, Any], identity: dict[str, Any], info: ModelInfo,
         "model": json.dumps(info.identity, sort_keys=True),
         "seed": identity["seed"],
         "sciencegen_version": version,
-        "config": json.dumps(_plain(cfg), sort_keys=True, default=str),
+        "config": json.dumps(plain(cfg, GenerateError), sort_keys=True, default=str),
     }
 
 
-def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
-          make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
-          verify: bool) -> Plan:
-    """Create or check the store, lock it when this job will write, and list the chunks still to do."""
+def plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
+         make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
+         verify: bool) -> Plan:
+    """Create or check the store, lock it when this job will write, and list the chunks still to do.
+
+    Parameters
+    ----------
+    path
+        The store (None: samples are discarded, every owned chunk is to do).
+    index, count
+        This process's shard (:func:`parse_shard`).
+    members, chunk, batch
+        Members in the ensemble, members per store chunk, the sampling batch recorded in a new store.
+    identity
+        What decides the members' values; an existing store must record the same.
+    make_template
+        ``(meta, chunk) -> template`` (:func:`sciencegen.data.ensemble.template`).
+    variables
+        The field variables.
+    overwrite, verify
+        ``output.overwrite``, ``generate.verify``.
+    """
     if path is None:
         ranges = chunk_ranges(members, chunk)
         owned = list(shard_chunks(len(ranges), index, count))
@@ -290,13 +284,14 @@ def _plan(path: Path | None, index: int, count: int, members: int, chunk: int, b
 def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: int, count: int, members: int,
                 chunk: int, batch: int, identity: dict[str, Any], make_template: Callable[..., xr.Dataset],
                 variables: tuple[str, ...], overwrite: bool, verify: bool) -> Plan:
-    meta = _check_output_path(path, identity, overwrite, lock)
+    meta = check_output_path(path, identity, overwrite, lock)
     created = False
     if meta is None:
         if lock is None:
             raise GenerateError(os_error_line(why, str(path)))
         if lock.exclusive():  # nobody else is at this path: leftovers of killed overwrites can go
-            _remove_stale_asides(path)
+            for old in remove_stale_asides(path):
+                log.info("removed %s, left by an overwrite that was interrupted", old)
         meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk, "batch_size": batch,
                 "store_id": uuid.uuid4().hex}
         try:
@@ -305,17 +300,17 @@ def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: 
             raise GenerateError(os_error_line(exc, str(path))) from None
         lock.shared()  # after an overwrite: back from exclusive
         if not created:
-            meta = _check_output_path(path, identity, False, None)
+            meta = check_output_path(path, identity, False, None)
     # the store's chunks are the unit of work (a rerun with another batch size keeps them)
     chunk = int(meta.get("chunk", chunk))
-    plan = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock)
-    plan.owned = list(shard_chunks(len(plan.chunks), index, count))
-    plan.todo = _todo(plan, make_template(meta, chunk), variables, verify)
-    if plan.todo and lock is None:
+    made = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock)
+    made.owned = list(shard_chunks(len(made.chunks), index, count))
+    made.todo = _todo(made, make_template(meta, chunk), variables, verify)
+    if made.todo and lock is None:
         done = int(completed_members(path, members).sum())
-        raise GenerateError(f"{os_error_line(why, str(path))}; {len(plan.todo)} chunk(s) to write, "
+        raise GenerateError(f"{os_error_line(why, str(path))}; {len(made.todo)} chunk(s) to write, "
                             f"{done}/{members} members complete are kept")
-    return plan
+    return made
 
 
 def _todo(plan: Plan, template: xr.Dataset, variables: tuple[str, ...], verify: bool) -> list[int]:

@@ -1,0 +1,6 @@
+"""Generation: what ``sciencegen-generate`` (:mod:`sciencegen.pipelines.generate`) runs on.
+
+* :mod:`.model`: the denoiser of a ``model`` config, checked against the dataset (``resolve_denoiser``);
+* :mod:`.plan`: the ensemble store as generation plans it (output paths, shards, the chunks still to do,
+  the root attributes generation records); the store itself is :mod:`sciencegen.data.ensemble`.
+"""

@@ -29,6 +29,7 @@ from sciencegen.models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from sciencegen.owners import host_tag
 
 
 def small_state(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:
@@ -206,7 +207,7 @@ def dead_pid() -> int:
 def test_stale_temp_files_are_removed(tmp_path):
     d = tmp_path / "checkpoints"
     d.mkdir()
-    host = ck._host_tag()
+    host = host_tag()
     stale = [d / f"step_000000001.pt.tmp-{host}-{dead_pid()}", d / f"step_000000001.json.tmp-{host}-{dead_pid()}"]
     alive = [d / f"step_000000002.pt.tmp-{host}-{os.getppid()}",  # a live process: maybe a concurrent writer
              d / f"step_000000002.pt.tmp-{host}-{os.getpid()}",  # this process

@@ -216,8 +216,11 @@ def test_multirun_still_runs_every_job(runs):
         assert f"{steps} steps" in out, out
 
 
-def test_help_and_version_are_hydras(runs):
+def test_help_and_version_are_sciencegens(runs):
+    import sciencegen
+
     code, out, err, _ = runs("help")
-    assert code == 0 and "Powered by Hydra" in out and "generate" in out, (out, err)
+    assert code == 0 and out.startswith("sciencegen-generate (sciencegen ") and "Config groups" in out, (out, err)
+    assert "schema/" not in out and "Powered by Hydra" not in out, out
     code, out, err, _ = runs("version")
-    assert code == 0 and re.match(r"Hydra \d+\.\d+", out + err), (out, err)
+    assert code == 0 and out.strip() == f"sciencegen-generate (sciencegen {sciencegen.__version__})", (out, err)

@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import Interrupted, SciencegenError, StopRequest, os_error_line, stop_requests
+from ..owners import host_tag, pid_alive
 from .fields import (
     NONFINITE_POLICIES,
     DataError,
@@ -408,8 +409,6 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 
 
 def _temp_path(path: Path, kind: str) -> Path:
-    from ..models.checkpoint import host_tag  # one rule for every temp name of the package
-
     return path.with_name(f".{path.name}.{kind}-{host_tag()}-{os.getpid()}")
 
 
@@ -545,7 +544,6 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     directory
         Where stores live (the parent of an output path, e.g. the data root).
     """
-    from ..models.checkpoint import host_tag, pid_alive
 
     try:
         entries = sorted(Path(directory).iterdir())

@@ -38,7 +38,6 @@ import json
 import operator
 import os
 import re
-import socket
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +47,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import SciencegenError
+from ..owners import host_tag, pid_alive
 from .meta import code_version, compact, first_difference, normalise
 
 __all__ = [
@@ -129,11 +129,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 # ------------------------------------------------------------------------------------------ atomic I/O
 
 
-def _host_tag() -> str:
-    """This host's name, reduced to characters that cannot confuse the temp-file pattern."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-
-
 def _fsync_dir(d: Path) -> None:
     """Make a rename/creation in ``d`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
     if os.name == "nt":
@@ -178,7 +173,7 @@ def _write_temp(final: Path, write: Callable[[IO[bytes]], None]) -> Path:
     On failure the temp file is removed; an operating-system error (disk full, read-only, quota) is raised
     as an :class:`OSError` with its errno and ``filename`` = ``final``, even when :func:`torch.save` wrapped it.
     """
-    tmp = final.with_name(f"{final.name}.tmp-{_host_tag()}-{os.getpid()}")
+    tmp = final.with_name(f"{final.name}.tmp-{host_tag()}-{os.getpid()}")
     rec: _ErrorRecorder | None = None
     try:
         with open(tmp, "wb") as f:
@@ -196,33 +191,20 @@ def _write_temp(final: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return tmp
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (``True`` when unsure, so nothing live is deleted)."""
-    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
-
-
 def _remove_stale_temps(d: Path) -> list[Path]:
     """Delete temp files in ``d`` left by dead writer processes of this host; return the deleted paths.
 
     Temp files of live processes (a concurrent writer), of this process, and of other hosts (a shared
     file system: their liveness cannot be checked from here) are left alone.
     """
-    host, me = _host_tag(), os.getpid()
+    host, me = host_tag(), os.getpid()
     removed = []
     for p in d.iterdir():
         m = _TMP_RE.match(p.name)
         if m is None or m.group("host") != host:
             continue
         pid = int(m.group("pid"))
-        if pid == me or _pid_alive(pid):
+        if pid == me or pid_alive(pid):
             continue
         try:
             p.unlink()
@@ -536,6 +518,3 @@ def check_compatible(
 
 
 #: public names of the temp-file rules the prepared-store writer (sciencegen.data.store) shares
-host_tag = _host_tag
-pid_alive = _pid_alive
-__all__ += ["host_tag", "pid_alive"]

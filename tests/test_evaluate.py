@@ -358,3 +358,15 @@ def test_memory_benchmark_small(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     res = json.loads((tmp_path / "mem.json").read_text())
     assert res["peak_rss_bytes"] < 2e9 and res["store_bytes"] > 0.9e8
+
+
+def test_defaults_live_only_in_the_yaml(tmp_path):
+    """A config that was not composed from conf/evaluate.yaml is refused in one line naming the missing key
+    (the code holds no copy of the defaults)."""
+    from sciencegen.evaluation.options import read_options
+
+    with pytest.raises(EvaluateError, match=r"^reference.members: missing from the config; compose it"):
+        read_options({"samples": {"path": str(tmp_path / "s.zarr")}, "output": {"dir": str(tmp_path)}})
+    cfg = compose_cfg("evaluate", [f"samples.path={tmp_path / 's.zarr'}", f"output.dir={tmp_path}"])
+    o = read_options(cfg)
+    assert (o.bins, o.panel, o.holdout, o.source) == (64, 4, 0.1, "auto")

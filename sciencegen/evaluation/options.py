@@ -16,8 +16,14 @@ from .common import EvaluateError
 __all__ = ["Options", "get_key", "read_options"]
 
 
-def get_key(cfg: Any, dotted: str, default: Any = None) -> Any:
+_ABSENT = object()
+
+
+def get_key(cfg: Any, dotted: str, default: Any = _ABSENT) -> Any:
     """``cfg.a.b`` as plain containers, with a one-line error for a missing mandatory value (``???``).
+
+    The defaults live only in ``conf/evaluate.yaml``: a key absent from ``cfg`` is an error (the config was
+    not composed from the shipped one) unless the caller gives a ``default``.
 
     Parameters
     ----------
@@ -26,25 +32,34 @@ def get_key(cfg: Any, dotted: str, default: Any = None) -> Any:
     dotted
         The key, e.g. ``samples.path``.
     default
-        What a missing key reads as.
+        What a missing key reads as (none given: a missing key raises :class:`EvaluateError`).
     """
     from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(cfg, DictConfig):
         try:
-            value = OmegaConf.select(cfg, dotted, default=default, throw_on_missing=True)
+            value = OmegaConf.select(cfg, dotted, default=_ABSENT, throw_on_missing=True)
         except MissingMandatoryValue:
             raise EvaluateError(f"{dotted} is required (set it on the command line, e.g. {dotted}=...)") from None
+        if value is _ABSENT:
+            return _absent(dotted, default)
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
     node: Any = cfg
     for key in dotted.split("."):
         if not isinstance(node, Mapping) or key not in node:
-            return default
+            return _absent(dotted, default)
         node = node[key]
     if node == "???":
         raise EvaluateError(f"{dotted} is required (set it on the command line, e.g. {dotted}=...)")
     return node
+
+
+def _absent(dotted: str, default: Any) -> Any:
+    if default is _ABSENT:
+        raise EvaluateError(f"{dotted}: missing from the config; compose it from the shipped conf/evaluate.yaml "
+                            "(sciencegen-evaluate does; from Python: hydra.compose('evaluate', overrides=[...]))")
+    return default
 
 
 def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
@@ -126,12 +141,12 @@ def read_options(cfg: Any) -> Options:
     max_lag = get_key(cfg, "evaluate.max_lag")
     return Options(
         store=str(store_path), want=get_key(cfg, "samples.variables"),
-        source=str(get_key(cfg, "reference.source", "auto") or "auto"),
+        source=str(get_key(cfg, "reference.source") or "auto"),
         cap=None if cap is None else _positive_int(cap, "reference.members"),
-        holdout=float(get_key(cfg, "reference.holdout", 0.1)),
-        bins=_positive_int(get_key(cfg, "evaluate.bins", 64), "evaluate.bins"),
+        holdout=float(get_key(cfg, "reference.holdout")),
+        bins=_positive_int(get_key(cfg, "evaluate.bins"), "evaluate.bins"),
         max_lag=None if max_lag is None else _positive_int(max_lag, "evaluate.max_lag", 0),
-        panel=_positive_int(get_key(cfg, "evaluate.panel", 4), "evaluate.panel"),
-        figures=bool(get_key(cfg, "evaluate.figures", True)), data_root=str(get_key(cfg, "data_root", "data")),
-        out_dir=_output_dir(get_key(cfg, "output.dir")), overwrite=bool(get_key(cfg, "output.overwrite", False)),
+        panel=_positive_int(get_key(cfg, "evaluate.panel"), "evaluate.panel"),
+        figures=bool(get_key(cfg, "evaluate.figures")), data_root=str(get_key(cfg, "data_root")),
+        out_dir=_output_dir(get_key(cfg, "output.dir")), overwrite=bool(get_key(cfg, "output.overwrite")),
         dask=get_key(cfg, "evaluate.dask"), threads=get_key(cfg, "evaluate.threads"))

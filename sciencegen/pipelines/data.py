@@ -40,8 +40,8 @@ def run_data(cfg: Mapping[str, Any] | Any) -> PreparedData:
         torch.set_num_threads(int(threads))
     out = cfg["output"]
     t0 = time.perf_counter()
-    prepared = prepare(cfg["dataset"], out.get("path"), data_root=cfg.get("data_root", "data"),
-                       overwrite=bool(out.get("overwrite", False)), dtype=str(out.get("dtype", "float32")),
-                       chunk_mb=float(out.get("chunk_mb", 8.0)), progress=bool(cfg.get("progress", True)))
+    prepared = prepare(cfg["dataset"], out.get("path"), data_root=cfg["data_root"],
+                       overwrite=bool(out["overwrite"]), dtype=str(out["dtype"]),
+                       chunk_mb=float(out["chunk_mb"]), progress=bool(cfg["progress"]))
     log.info("%s", summary(prepared, time.perf_counter() - t0))
     return prepared

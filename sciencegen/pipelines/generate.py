@@ -209,14 +209,14 @@ def _parse(cfg: Any) -> _Job:
     target = str(smp.get("_target_", "sciencegen.samplers.Sampler"))
     ident = {"name": name, "steps": steps, "options": dict(sampler.options),
              **({} if target == "sciencegen.samplers.Sampler" else {"_target_": target})}
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(gen.get("dtype", "float32")))
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(gen["dtype"]))
     if dtype is None:
         raise GenerateError(f"generate.dtype must be float32 or float64, got {gen.get('dtype')!r}")
     shard = parse_shard(gen.get("shard"))
     if gen.get("threads"):
         torch.set_num_threads(int(gen["threads"]))
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    device = _device(str(gen.get("device", "auto")), local_rank)
+    device = _device(str(gen["device"]), local_rank)
     return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
                 _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device)
 
@@ -245,7 +245,7 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     """
     gen, out = cfg["generate"], cfg["output"]
     job = _parse(cfg)
-    dist = _Dist(gen.get("distributed", "auto"), job.device)
+    dist = _Dist(gen["distributed"], job.device)
     held: list[Plan] = []  # the plan once made (rank 0 holds the store's lock in it)
     try:
         with stop_requests() as stop:  # a signal from here on stops the job at its next safe point
@@ -271,7 +271,7 @@ def _run(cfg: Any, job: _Job, dist: _Dist, stop: Any, held: list[Plan]) -> dict[
     mine = None
     if dist.rank == 0:
         mine = plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
-                    info.variables, bool(out.get("overwrite", False)), bool(gen.get("verify", False)))
+                    info.variables, bool(out["overwrite"]), bool(gen["verify"]))
         held.append(mine)
     shared = dist.broadcast(dataclasses.replace(mine, lock=None) if mine is not None else None)
     todo = mine or shared
@@ -373,7 +373,7 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
     A stop request (SIGINT / SIGTERM) ends the loop after the chunk in flight has been written.
     """
     bar = None
-    if bool(gen.get("progress", True)) and dist.rank == 0 and run.todo_members:
+    if bool(gen["progress"]) and dist.rank == 0 and run.todo_members:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=run.todo_members, desc="members", unit="member", dynamic_ncols=True)

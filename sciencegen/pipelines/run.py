@@ -85,7 +85,7 @@ def stage_configs(cfg: Any, run: Path) -> dict[str, Any]:
         model["checkpoint"] = str(run)
     out = {
         "data": {**common, "output": {"path": None, "overwrite": False, "dtype": "float32", "chunk_mb": 8},
-                 "progress": c.get("progress", True), "threads": c["train"].get("threads")},
+                 "progress": c["progress"], "threads": c["train"].get("threads")},
         "train": {**common, "model": c["model"], "train": c["train"], "run_dir": str(run)},
         "generate": {**common, "model": model, "sampler": c["sampler"], "sde": c["sde"], "generate": c["generate"],
                      "output": {"path": str(run / "samples.zarr"), "chunk": None, "overwrite": True,
@@ -127,7 +127,7 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
     oracle = is_oracle(_plain(cfg["model"]))
     if "data" in stages:
         _line("stage 1/4: data")
-        result["data"] = _data_stage(sc["data"], bool(cfg.get("progress", True)))
+        result["data"] = _data_stage(sc["data"], bool(cfg["progress"]))
     if "train" in stages:
         if oracle:
             _line("stage 2/4: train — skipped: model=oracle is the exact denoiser")

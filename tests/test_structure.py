@@ -38,7 +38,11 @@ def test_each_breach_is_caught(tmp_path):
                                   + _function("explained", 90, "  # long: one formula") + "_private = 1\n")
     (pkg / "pipelines" / "a.py").write_text("from . import b\nfrom .b import run_b\n")
     (pkg / "pipelines" / "b.py").write_text("def run_b():\n    return 1\n")
-    (pkg / "low.py").write_text("from .pipelines.b import run_b\nfrom .funcs import _private\n")
+    (pkg / "low.py").write_text("from .pipelines.b import run_b\nfrom .funcs import _private\n"
+                                "from .sub._hid import x\n")
+    (pkg / "sub").mkdir()
+    (pkg / "sub" / "__init__.py").write_text("from ._hid import x\n")  # inside its package: allowed
+    (pkg / "sub" / "_hid.py").write_text("x = 1\n")
     found = "\n".join(_checker().problems(pkg))
     assert "sciencegen/big.py: 601 lines" in found
     assert "too_long() has 61 lines of code" in found
@@ -46,4 +50,5 @@ def test_each_breach_is_caught(tmp_path):
     assert found.count("pipeline sciencegen.pipelines.a imports another pipeline, sciencegen.pipelines.b") == 2
     assert "sciencegen.low is below the pipelines but imports sciencegen.pipelines.b" in found
     assert "imports private name(s) _private of sciencegen.funcs" in found
-    assert len(found.splitlines()) == 6, found
+    assert "sciencegen/low.py:3: imports the private module sciencegen.sub._hid from outside its package" in found
+    assert len(found.splitlines()) == 7, found

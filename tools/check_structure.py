@@ -5,7 +5,7 @@
   counted — unless a comment ``# long: REASON`` on its ``def`` line or right above it says why;
 * a pipeline (``sciencegen/pipelines/*.py``) imports no other pipeline, and nothing below the pipelines imports
   them (only ``sciencegen/cli.py`` runs them);
-* no module imports another module's private (``_name``) names.
+* no module imports another module's private (``_name``) names, nor a private module of another package.
 
 Usage: ``python tools/check_structure.py`` prints one line per breach and exits 1 if there is any.
 """
@@ -87,6 +87,11 @@ def _import_problems(path: Path, tree: ast.Module, root: Path) -> Iterator[str]:
                 yield f"{where}: pipeline {module} imports another pipeline, {target}"
             elif not in_pipelines and module != "sciencegen.cli":
                 yield f"{where}: {module} is below the pipelines but imports {target}"
+        hidden = [part for part in target.split(".")[1:] if part.startswith("_") and not part.startswith("__")]
+        package = target.rsplit(".", 1)[0]
+        inside = module == package or module.startswith(package + ".")
+        if hidden and target.startswith("sciencegen.") and not inside:
+            yield f"{where}: imports the private module {target} from outside its package"
         if target.startswith("sciencegen") and target != module:
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private:

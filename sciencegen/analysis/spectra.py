@@ -40,7 +40,9 @@ from ._common import (
     squared_units,
 )
 
-__all__ = ["energy_spectrum", "enstrophy_spectrum", "isotropic_spectrum"]
+# the radial shells are public here too: the evaluation's exact spectrum bins the law's modes the same way
+__all__ = ["energy_spectrum", "enstrophy_spectrum", "isotropic_spectrum", "radial_shells", "shell_counts",
+           "shell_reduce"]
 
 
 def _nshell(shape: Sequence[int], truncate: bool) -> int:

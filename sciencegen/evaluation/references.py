@@ -149,7 +149,7 @@ def exact_spectrum(target: Any, shape: Sequence[int]) -> np.ndarray:
     shape
         Field shape (must be the law's grid).
     """
-    from ..analysis._common import radial_shells, shell_counts, shell_reduce
+    from ..analysis.spectra import radial_shells, shell_counts, shell_reduce
 
     v = np.asarray(target.variance.detach().cpu().numpy(), dtype=np.float64)
     shape = tuple(int(n) for n in shape)

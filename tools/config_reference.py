@@ -118,10 +118,10 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
         "```",
         "sciencegen-generate --config-dir docs/myconf dataset=grf_small model=oracle   # one command",
         "sciencegen --config-dir docs/myconf experiment=mine",
-        "sciencegen hydra.searchpath=[file://docs/myconf] experiment=mine              # the same, as a key",
         "```",
         "",
-        "(`docs/myconf/` is a working example: a test composes these commands.)",
+        "(`docs/myconf/` is a working example: a test runs these commands.) The same folder as a key, e.g. in an "
+        "experiment or a sweep: `hydra.searchpath=[file:///ABSOLUTE/PATH/myconf]`.",
         "",
         "A **site or cluster config** (the partition, account, modules of your cluster; a shared data root) is "
         "such a folder kept where everyone can read it, e.g. `/shared/sciencegen-conf/hydra/launcher/site.yaml` "

@@ -53,6 +53,12 @@ def test_create_write_complete_read(tmp_path):
     assert json.loads(ds.attrs[E.ATTR])["store_id"] == meta["store_id"]
     np.testing.assert_array_equal(ds["u"].values[:4, 0, 0], [0, 1, 2, 3])
     assert np.isnan(ds["u"].values[4]).all()  # not written: NaN, never zeros
+    # the flags read back as plain booleans (a CF _FillValue would mask False as NaN, which is truthy), so the
+    # selection the docs give keeps exactly the complete members, with plain xarray too
+    for opened in (ds, xr.open_zarr(path)):
+        assert opened["complete"].dtype == bool
+        assert opened["complete"].values.tolist() == [True] * 4 + [False]
+        assert opened.sel(member=opened["complete"].values)["member"].values.tolist() == [0, 1, 2, 3]
     with pytest.raises(E.StoreReplaced, match="deleted or replaced"):
         E.write_chunk(str(path), "another-id", 4, 5, _fields(4, 5), np.ones(1), np.ones(1))
     with pytest.raises(E.StoreError, match="not complete"):

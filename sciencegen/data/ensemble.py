@@ -233,7 +233,7 @@ def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple
     data["nfe"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
                    {"long_name": "denoiser evaluations spent on the member"})
     data["complete"] = (("member",), da.zeros(members, chunks=chunk, dtype=bool),
-                        {"long_name": "member written completely (incomplete members read as NaN)"})
+                        {"long_name": "member written completely (select with ds.sel(member=ds.complete.values))"})
     coords = dict(coords or {})
     coords["member"] = ("member", np.arange(members), dict(MEMBER_ATTRS))
     root = {ATTR: json.dumps(meta, sort_keys=True, default=str), "Conventions": CONVENTIONS, **(attrs or {})}
@@ -304,12 +304,14 @@ def _stray(path: Path, names: set[str]) -> bool:
 
 
 def _encoding(template: xr.Dataset, variables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    # explicit fill values: unwritten members read as NaN and unwritten flags as "not complete" on every zarr;
+    # explicit fill values: unwritten members read as NaN and unwritten flags as "not complete". The flags' fill
+    # value is the Zarr array's own, not a CF _FillValue: with one, xarray would mask every False as NaN (which
+    # is truthy) and decode the flags as objects; without, they read back as plain booleans.
     # zstd with its content checksum: a flipped bit in a chunk fails to decode instead of reading as other numbers
     import zarr
 
     enc: dict[str, dict[str, Any]] = {v: {"_FillValue": np.float32("nan")} for v in variables}
-    enc["complete"] = {"_FillValue": False}
+    enc["complete"] = {"fill_value": False}
     for v in ("rounds", "nfe"):
         enc[v] = {"_FillValue": np.int32(0)}
     for e in enc.values():
@@ -449,7 +451,8 @@ def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """
     out = Path(out)
     ds = xr.open_zarr(str(path))
-    # the flags, not ds["complete"]: xarray decodes unwritten flags (fill value False) as NaN, which is truthy
+    # the flags through completed_members: older stores carry a CF _FillValue on them, which xarray
+    # decodes as NaN (truthy) for every False
     if not completed_members(path, int(ds.sizes["member"])).all():
         raise StoreError(f"{path} is not complete: finish the ensemble before exporting it to netCDF")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

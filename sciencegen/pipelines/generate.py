@@ -53,6 +53,7 @@ from ..generation.plan import (
     shard_chunks,
     store_attrs,
 )
+from ..ranks import Ranks, pick_device
 
 __all__ = [
     "ATTR",
@@ -81,61 +82,6 @@ def _int_option(cfg: Mapping[str, Any], key: str, minimum: int, where: str) -> i
     if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < minimum:
         raise GenerateError(f"{where}.{key} must be an integer >= {minimum}, got {v!r}")
     return int(v)
-
-
-def _device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank or 0)
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GenerateError(f"generate.device={name} but CUDA is not available (use cpu or auto)")
-    if dev.type == "cuda" and dev.index is None and local_rank is not None:
-        dev = torch.device("cuda", local_rank)
-    return dev
-
-
-class _Dist:
-    """torch.distributed under torchrun (WORLD_SIZE > 1): every rank samples, rank 0 writes."""
-
-    def __init__(self, mode: Any, device: torch.device):
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.on = str(mode) != "false" and mode is not False and self.world > 1
-        self.rank, self.started = 0, False
-        if not self.on:
-            return
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.started = True
-        self.rank = dist.get_rank()
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.on:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def agree(self, flag: bool) -> bool:
-        """True on every rank when any rank says True (so all ranks stop at the same chunk)."""
-        if not self.on:
-            return flag
-        import torch.distributed as dist
-
-        flags: list[Any] = [None] * self.world
-        dist.all_gather_object(flags, bool(flag))
-        return any(flags)
-
-    def close(self) -> None:
-        if self.started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _client(address: Any) -> Any:
@@ -216,7 +162,7 @@ def _parse(cfg: Any) -> _Job:
     if gen.get("threads"):
         torch.set_num_threads(int(gen["threads"]))
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
-    device = _device(str(gen["device"]), local_rank)
+    device = pick_device(str(gen["device"]), local_rank, "generate.device", GenerateError)
     return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
                 _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device)
 
@@ -245,7 +191,8 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     """
     gen, out = cfg["generate"], cfg["output"]
     job = _parse(cfg)
-    dist = _Dist(gen["distributed"], job.device)
+    mode = gen["distributed"]
+    dist = Ranks(job.device, enabled=str(mode) != "false" and mode is not False, error=GenerateError)
     held: list[Plan] = []  # the plan once made (rank 0 holds the store's lock in it)
     try:
         with stop_requests() as stop:  # a signal from here on stops the job at its next safe point
@@ -260,7 +207,7 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
         dist.close()
 
 
-def _run(cfg: Any, job: _Job, dist: _Dist, stop: Any, held: list[Plan]) -> dict[str, Any]:
+def _run(cfg: Any, job: _Job, dist: Ranks, stop: Any, held: list[Plan]) -> dict[str, Any]:
     """The phases of :func:`run_generate`: check outputs, set up, plan the store, sample, finish."""
     from ..samplers.distributed import SplitDenoiser
 
@@ -275,7 +222,7 @@ def _run(cfg: Any, job: _Job, dist: _Dist, stop: Any, held: list[Plan]) -> dict[
         held.append(mine)
     shared = dist.broadcast(dataclasses.replace(mine, lock=None) if mine is not None else None)
     todo = mine or shared
-    model = SplitDenoiser(info.denoiser) if dist.on else info.denoiser
+    model = SplitDenoiser(info.denoiser) if dist.world > 1 else info.denoiser
     writer = dist.rank == 0 and todo.path is not None
     run = _announce(job, todo, info, label, dist.rank == 0)
     _sample_chunks(job, todo, info, model, run, stop, dist, writer, gen)
@@ -366,7 +313,7 @@ def _sample_chunk(job: _Job, info: ModelInfo, model: Any, a: int, b: int, batch:
     return {v: np.ascontiguousarray(x[:, i], dtype=np.float32) for i, v in enumerate(info.variables)}, res
 
 
-def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run, stop: Any, dist: _Dist,
+def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run, stop: Any, dist: Ranks,
                    writer: bool, gen: Any) -> None:
     """Sample the chunks to do; a writer thread (or a Dask client) stores chunk k while k+1 samples.
 
@@ -383,7 +330,7 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
     store_id = plan.meta.get("store_id")
     try:
         for c in plan.todo:
-            if dist.agree(bool(stop)):
+            if dist.agree(int(bool(stop))):  # any rank stopped: all stop at the same chunk
                 run.stopped = stop.signal or "a signal on another rank"
                 break
             a, b = plan.chunks[c]

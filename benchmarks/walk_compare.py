@@ -8,17 +8,36 @@ Compares two versions of the code side by side: run it alternately under ``PYTHO
 
 Each line holds the seconds, rounds, NFE and the sum of the samples (equal sums: the same trajectories).
 """
-import json, sys, time
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
 import torch
-torch.set_num_threads(1)
+
 import sciencegen
 from sciencegen.targets import GaussianRandomField
-out = {"file": sciencegen.__file__}
-for name, size, steps in [("picard_sde", 64, 1000), ("picard_dpm2m", 64, 64), ("picard_heun", 64, 64),
-                          ("sequential_sde", 64, 1000)]:
-    g = GaussianRandomField(size)
-    t = time.perf_counter()
-    r = sciencegen.sample(g.denoiser, g.shape, members=8, sampler=name, steps=steps, seed=0, dtype=torch.float64)
-    out[name] = {"s": time.perf_counter() - t, "rounds": r.stats["rounds"], "nfe": r.stats["nfe"],
-                 "sum": float(r.samples.double().sum())}
-print(json.dumps(out))
+
+CASES = [("picard_sde", 1000), ("picard_dpm2m", 64), ("picard_heun", 64), ("sequential_sde", 1000)]
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    out: dict = {"file": sciencegen.__file__}
+    g = GaussianRandomField(64)
+    for name, steps in CASES:
+        t = time.perf_counter()
+        r = sciencegen.sample(g.denoiser, g.shape, members=8, sampler=name, steps=steps, seed=0,
+                              dtype=torch.float64)
+        out[name] = {"s": time.perf_counter() - t, "rounds": r.stats["rounds"], "nfe": r.stats["nfe"],
+                     "sum": float(r.samples.double().sum())}
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(main())

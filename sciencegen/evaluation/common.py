@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..errors import SciencegenError
 
-__all__ = ["TASK_BYTES", "EvaluateError", "Side", "dims_text", "rechunk", "runs", "short_error", "task_members"]
+__all__ = ["TASK_BYTES", "EvaluateError", "Side", "dims_text", "first_line", "rechunk", "runs", "task_members"]
 
 #: target size of one Dask task's float32 fields (the store's chunks are split or merged to about this)
 TASK_BYTES = 16 << 20
@@ -65,7 +65,7 @@ class Side:
     law_moments: dict[str, float] | None = None
 
 
-def short_error(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .common import EvaluateError, Side, short_error
+from .common import EvaluateError, Side, first_line
 
 __all__ = ["W1_BINS", "compute", "field_units", "panel_arrays", "panels", "scheduler", "variable_metrics"]
 
@@ -50,7 +50,7 @@ def scheduler(address: Any, threads: Any) -> Iterator[str]:
             client = Client(str(address), timeout="20s")
         except Exception as exc:
             raise EvaluateError(f"evaluate.dask={address}: cannot connect to the Dask scheduler: "
-                                f"{short_error(exc)}") from None
+                                f"{first_line(exc)}") from None
         owned = True
     else:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import TASK_BYTES, EvaluateError, runs, short_error
+from .common import TASK_BYTES, EvaluateError, first_line, runs
 from .samples import Ensemble
 
 __all__ = ["members_text", "readable_members", "unreadable_members"]
@@ -49,7 +49,7 @@ def _scan_members(path: str, var: str, axis: int, ranges: Sequence[tuple[int, in
             try:
                 masks.append((a, _nonfinite(arr, axis, a, b)))
             except Exception as exc:
-                bad.append((a, b, f"chunk cannot be decoded: {short_error(exc)}"))
+                bad.append((a, b, f"chunk cannot be decoded: {first_line(exc)}"))
     for first, mask in masks:
         bad += [(first + a, first + b, "missing chunk or non-finite values") for a, b in runs(mask)]
     return bad

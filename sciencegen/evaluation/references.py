@@ -48,7 +48,7 @@ import xarray as xr
 
 from ..data.fields import DataError
 from ..data.prepare import make_source, prepare
-from .common import EvaluateError, Side, dims_text, rechunk, short_error, task_members
+from .common import EvaluateError, Side, dims_text, first_line, rechunk, task_members
 from .readable import readable_members
 from .samples import complete_members, open_ensemble
 
@@ -289,7 +289,7 @@ def heldout_reference(request: ReferenceRequest) -> Side:
         stream = FieldStream(prepared.path, list(spec.variables), list(spec.sample_dims), prepared.mean,
                              prepared.std, batch_size=1, split="validation", holdout=holdout)
     except (ValueError, FileNotFoundError) as exc:
-        raise EvaluateError(f"reference.holdout={holdout}: {short_error(exc)}") from None
+        raise EvaluateError(f"reference.holdout={holdout}: {first_line(exc)}") from None
     blocks = []
     for cid in stream.chunk_ids:
         idx = np.unravel_index(int(cid), stream.chunk_grid)

@@ -24,7 +24,7 @@ import xarray as xr
 
 from ..data.ensemble import FLAG_ARRAYS, completed_members, is_zarr, read_meta
 from ..errors import SciencegenError
-from .common import EvaluateError, Side, rechunk, runs, short_error, task_members
+from .common import EvaluateError, Side, first_line, rechunk, runs, task_members
 
 __all__ = ["Ensemble", "complete_members", "open_ensemble", "sample_cost", "samples_side", "select_variables"]
 
@@ -89,7 +89,7 @@ def open_ensemble(path: str | os.PathLike, what: str = "samples.path") -> Ensemb
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(p, chunks={})
     except Exception as exc:
-        raise EvaluateError(f"{what} {p}: cannot read the Zarr store: {short_error(exc)}") from None
+        raise EvaluateError(f"{what} {p}: cannot read the Zarr store: {first_line(exc)}") from None
     if "member" not in ds.dims:
         raise EvaluateError(f"{what} {p} is not an ensemble store: no member dim (dims {dict(ds.sizes)}); "
                             "ensembles are written by sciencegen-generate")
@@ -118,7 +118,7 @@ def _check_metadata(p: Path, what: str) -> None:
         try:
             json.loads(text)
         except ValueError as exc:
-            why = "it is empty" if not text.strip() else f"{short_error(exc)}, {len(text)} bytes"
+            why = "it is empty" if not text.strip() else f"{first_line(exc)}, {len(text)} bytes"
             raise EvaluateError(f"{what} {p} is corrupt (its root metadata {f} cannot be read: {why}); "
                                 f"{redo}") from None
     for sub in sorted(q for q in p.iterdir() if q.is_dir()):
@@ -130,7 +130,7 @@ def _check_metadata(p: Path, what: str) -> None:
                 json.loads(q.read_bytes())
             except (OSError, ValueError) as exc:
                 raise EvaluateError(f"{what} {p} is corrupt (the metadata {sub.name}/{f} cannot be read: "
-                                    f"{short_error(exc)}); {redo}") from None
+                                    f"{first_line(exc)}); {redo}") from None
 
 
 def _store_meta(p: Path, what: str) -> dict[str, Any] | None:
@@ -254,7 +254,7 @@ def sample_cost(ens: Ensemble, keep: np.ndarray) -> tuple[dict[str, Any], list[s
         try:
             vals = np.asarray(ens.ds[key].values, dtype=np.float64)[keep]
         except Exception as exc:  # a corrupt chunk of the per-member costs: report, do not fail
-            notes.append(f"the {key} array of {ens.path} cannot be read ({short_error(exc)}): its mean is not "
+            notes.append(f"the {key} array of {ens.path} cannot be read ({first_line(exc)}): its mean is not "
                          "reported")
             continue
         cost[f"{key}_mean"] = float(vals.mean())

@@ -11,7 +11,7 @@ import torch
 
 from ..diffusion import block_ends, make_grid, step_table
 from . import noise as _noise
-from .engine import WalkStats
+from .engine import Conditions, WalkStats
 from .picard import picard_walk
 from .registry import DEFAULT_SAMPLER, DEFAULT_STEPS, resolve
 from .sequential import sequential_walk
@@ -138,15 +138,17 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    cond: torch.Tensor | None = None,
     **sampler_options: Any,
 ) -> SampleResult:
-    """Draw an ensemble with a named sampler.
+    """Draw an ensemble with a named sampler, unconditional or given a condition.
 
     Parameters
     ----------
     denoiser
         ``denoiser(x, sigma) -> E[x0 | x]`` for ``x = x0 + sigma·noise``; ``x`` is
-        ``[B, *shape]`` and ``sigma`` is ``[B]``.
+        ``[B, *shape]`` and ``sigma`` is ``[B]``. With ``cond``: ``denoiser(x, sigma, c)`` with ``c``
+        ``[B, C_cond, *grid]``, each item's member's condition.
     shape
         Shape of one member, e.g. ``(channels, ny, nx)``; any rank.
     members
@@ -167,6 +169,11 @@ def sample(
         Where and in which precision to sample.
     progress
         Show a progress bar.
+    cond
+        Conditions (in the denoiser's units): ``[C_cond, *grid]``, one for every member, or
+        ``[members, C_cond, *grid]``, one per member (``grid`` = ``shape[1:]``). Every sampler passes each
+        item of a round its member's condition, gathered by index. For conditional ensembles of several
+        cases, draw case ``c`` with ``seed=``:func:`~sciencegen.samplers.noise.condition_seed` ``(seed, c)``.
     **sampler_options
         Overrides of the sampler's configuration (``tol``, ``blocks``, ``window``,
         ``grid``, ``form``, ``lag``, ``max_batch``, …).
@@ -177,7 +184,7 @@ def sample(
     """
     with torch.no_grad():  # a trainable network must not build an autograd graph across the steps
         return _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype,
-                       progress, sampler_options)
+                       progress, sampler_options, cond)
 
 
 def _check_inputs(denoiser: Any, shape: Sequence[int], members: int, steps: int, batch_size: int | None
@@ -197,12 +204,38 @@ def _check_inputs(denoiser: Any, shape: Sequence[int], members: int, steps: int,
     return shape
 
 
+def _check_cond(cond: Any, shape: tuple[int, ...], members: int) -> bool:
+    """Validate ``cond`` of :func:`sample`; whether it holds one condition per member."""
+    if not isinstance(cond, torch.Tensor):
+        raise ValueError(f"cond must be a torch.Tensor, got {type(cond).__name__}")
+    if len(shape) < 2:
+        raise ValueError(f"a conditional sample needs a shape (channels, *grid), got {shape!r}")
+    grid = shape[1:]
+    per_member = cond.ndim == len(shape) + 1
+    if cond.ndim not in (len(shape), len(shape) + 1) or tuple(cond.shape[-len(grid):]) != grid:
+        raise ValueError(f"cond must have shape [C_cond, *{list(grid)}] or [members, C_cond, *{list(grid)}], "
+                         f"got {tuple(cond.shape)}")
+    if per_member and cond.shape[0] != members:
+        raise ValueError(f"cond holds {cond.shape[0]} conditions for {members} members (one per member, or "
+                         "one [C_cond, *grid] for all)")
+    return per_member
+
+
+def _batch_conditions(cond: torch.Tensor | None, per_member: bool, lo: int, hi: int) -> Conditions | None:
+    if cond is None:
+        return None
+    return Conditions(cond[lo:hi] if per_member else cond[None])
+
+
 def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype, progress,
-            sampler_options) -> SampleResult:
+            sampler_options, cond=None) -> SampleResult:
     shape = _check_inputs(denoiser, shape, members, steps, batch_size)
+    per_member = _check_cond(cond, shape, int(members)) if cond is not None else False
     cfg, table, ends = sampler_table(sampler, int(steps), **sampler_options)
     _validate(cfg)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if cond is not None:
+        cond = cond.to(device=device, dtype=dtype)
     bs = int(batch_size or members)
     outs, runs = [], []
     bar = None
@@ -213,7 +246,8 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
     for lo in range(0, members, bs):
         ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
         x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
-        y, st = _walk(denoiser, cfg, table, ends, x, ids, seed, _Ticker(bar, len(ids)))
+        y, st = _walk(denoiser, cfg, table, ends, x, ids, seed, _Ticker(bar, len(ids)),
+                      _batch_conditions(cond, per_member, lo, lo + len(ids)))
         outs.append(y)
         runs.append(st)
     if bar is not None:
@@ -222,10 +256,10 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
 
 
 def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor, ids: list[int], seed: int,
-          tick: _Ticker) -> tuple[torch.Tensor, WalkStats]:
+          tick: _Ticker, cond: Conditions | None = None) -> tuple[torch.Tensor, WalkStats]:
     """One batch of members through the sampler's walk."""
     common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
-                  corrector_size=float(cfg["corrector_size"]), progress=tick)
+                  corrector_size=float(cfg["corrector_size"]), progress=tick, cond=cond)
     if cfg["kind"] == "sequential":
         return sequential_walk(denoiser, table, x, ids, seed, corrector_at=ends[:-1], **common)
     longest_block = max(hi - lo for lo, hi in zip([0] + ends[:-1], ends, strict=True))

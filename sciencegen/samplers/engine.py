@@ -22,6 +22,7 @@ from ..diffusion import StepTable
 
 __all__ = [
     "NORMS",
+    "Conditions",
     "Denoiser",
     "WalkStats",
     "WorkingTable",
@@ -33,7 +34,36 @@ __all__ = [
     "residual_norm",
 ]
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Denoiser = Callable[..., torch.Tensor]
+
+
+class Conditions:
+    """The conditions of a walk's members, gathered by member index for each denoiser call.
+
+    Parameters
+    ----------
+    values
+        ``[K, C_cond, *grid]``: one condition per member (``K`` = members) or one shared by all (``K = 1``).
+    rows
+        Per walk member, its row of ``values`` (``None``: member ``m`` has row ``m``; with ``K = 1`` every
+        member has row 0).
+    """
+
+    def __init__(self, values: torch.Tensor, rows: torch.Tensor | None = None):
+        self.values = values
+        if rows is None and values.shape[0] == 1:
+            rows = torch.zeros(0, dtype=torch.long, device=values.device)
+            self._shared = True
+        else:
+            self._shared = False
+        self.rows = rows
+
+    def gather(self, members: torch.Tensor) -> torch.Tensor:
+        """``[len(members), C_cond, *grid]``: the condition of each item's member."""
+        if self._shared:
+            return self.values.expand(members.shape[0], *self.values.shape[1:])
+        idx = members if self.rows is None else self.rows[members]
+        return self.values.index_select(0, idx.to(self.values.device))
 
 
 @dataclass
@@ -129,21 +159,28 @@ def call_denoiser(
     y: torch.Tensor,
     level: torch.Tensor,
     max_batch: int | None = None,
+    cond: Conditions | None = None,
+    members: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoiser output at EDM inputs ``y`` (``[P, *shape]``) and noise levels ``level`` (``[P]``).
 
     The one place every walk calls the network: splits the batch into
-    micro-batches of at most ``max_batch`` items and checks the shape of every
-    answer (a distributed split of a round goes here too).
+    micro-batches of at most ``max_batch`` items, gives each item its member's
+    condition, and checks the shape of every answer (a distributed split of a
+    round goes here too).
 
     Parameters
     ----------
     denoiser
-        ``denoiser(y, level) -> E[x0 | y]`` in the EDM convention.
+        ``denoiser(y, level) -> E[x0 | y]`` in the EDM convention, or ``denoiser(y, level, cond)`` when
+        ``cond`` is given.
     y, level
         Inputs and their noise levels.
     max_batch
         Largest micro-batch (``None``: the whole batch at once).
+    cond, members
+        The walk's conditions and, per item, the (walk-local) member it belongs to: each micro-batch gathers
+        its items' conditions by index (nothing is copied per window point beyond the micro-batch).
 
     Returns
     -------
@@ -161,7 +198,10 @@ def call_denoiser(
     out = []
     for lo in range(0, y.shape[0], step):
         yi = y[lo : lo + step]
-        d = denoiser(yi, level[lo : lo + step])
+        if cond is None:
+            d = denoiser(yi, level[lo : lo + step])
+        else:
+            d = denoiser(yi, level[lo : lo + step], cond.gather(members[lo : lo + step]))
         if not isinstance(d, torch.Tensor) or d.shape != yi.shape:
             got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
             raise ValueError(f"denoiser returned shape {got} for input of shape {tuple(yi.shape)}")

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["INIT", "CORRECTOR", "DATA", "STEP", "corrector_tag", "normal", "stream_key"]
+__all__ = ["CONDITION", "CORRECTOR", "DATA", "INIT", "STEP", "condition_seed", "corrector_tag", "normal", "stream_key"]
 
 _MASK = (1 << 64) - 1
 
-#: stream tags: the initial state, the step noise, Langevin corrector noise, dataset samples
-INIT, STEP, CORRECTOR, DATA = 0, 1, 2, 3
+#: stream tags: the initial state, the step noise, Langevin corrector noise, dataset samples, condition seeds
+INIT, STEP, CORRECTOR, DATA, CONDITION = 0, 1, 2, 3, 4
 
 
 def corrector_tag(k: int) -> int:
@@ -39,6 +39,25 @@ def stream_key(seed: int, member: int, step: int, tag: int = STEP) -> int:
     for v in (tag, member, step):
         z = _splitmix64(z ^ (int(v) & _MASK))
     return z >> 1
+
+
+def condition_seed(seed: int, condition: int, lead: int = 0) -> int:
+    """The run seed of condition ``condition`` (and forecast lead time ``lead``) of a conditional ensemble.
+
+    Member ``i`` of condition ``c`` is drawn with ``sample(..., seed=condition_seed(seed, c, lead),
+    first_member=i)``, so it depends only on ``(seed, c, i)`` (and the lead time): not on how many conditions
+    or members the run has, its batch, shard or order.
+
+    Parameters
+    ----------
+    seed
+        The run's seed.
+    condition
+        Index of the condition (case) in the ensemble.
+    lead
+        Lead time of a forecast rollout (0 without rollouts).
+    """
+    return stream_key(seed, condition, lead, tag=CONDITION)
 
 
 def normal(

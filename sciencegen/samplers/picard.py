@@ -29,6 +29,7 @@ from ..diffusion import StepTable
 from . import noise as _noise
 from .engine import (
     NORMS,
+    Conditions,
     Denoiser,
     WalkStats,
     WorkingTable,
@@ -80,14 +81,15 @@ def picard_walk(
     corrector_size: float = 0.1,
     norm: str = "rms",
     progress: Callable[[int], None] | None = None,
+    cond: Conditions | None = None,
 ) -> tuple[torch.Tensor, WalkStats]:
     """Walk the step table by windowed Picard iteration, per member.
 
     Parameters
     ----------
-    denoiser, table, x, members, seed, max_batch, progress
+    denoiser, table, x, members, seed, max_batch, progress, cond
         As for :func:`~sciencegen.samplers.sequential.sequential_walk` (``progress`` gets the slowest
-        member's accepted index).
+        member's accepted index; a round gathers each item's condition by its member's index).
     tol
         Point ``j`` has converged when ``|x_new - x_old| <= tol * sigma_j`` in
         the chosen ``norm``.
@@ -127,15 +129,15 @@ def picard_walk(
     opt = PicardOptions(tol=tol, window=window, accept=accept, max_iters=max_iters, patience=patience,
                         max_batch=max_batch, corrector_steps=corrector_steps, corrector_size=corrector_size,
                         norm=norm)
-    return _PicardWalk(denoiser, table, x, members, seed, ends, opt).run(progress)
+    return _PicardWalk(denoiser, table, x, members, seed, ends, opt, cond).run(progress)
 
 
 class _PicardWalk:
     """One Picard walk over a batch of members: fixed set-up, the :class:`MemberState`, and the phases."""
 
     def __init__(self, denoiser: Denoiser, table: StepTable, x: torch.Tensor, members: Sequence[int], seed: int,
-                 ends: Sequence[int] | None, opt: PicardOptions):
-        self.denoiser, self.seed, self.opt = denoiser, seed, opt
+                 ends: Sequence[int] | None, opt: PicardOptions, cond: Conditions | None = None):
+        self.denoiser, self.seed, self.opt, self.cond = denoiser, seed, opt, cond
         self.device, self.dtype = x.device, x.dtype
         self.tab = WorkingTable(table, x.dtype, x.device)
         self.n = self.tab.n
@@ -267,8 +269,9 @@ class _PicardWalk:
         else:
             yp, levp = ys[:0], levs[:0]
         yc, levc = tab.at_point(st.points[ci, cj % self.ring], cj)
+        owners = torch.cat([win.member, win.member[win.pred], ci]) if self.cond is not None else None
         d_all = call_denoiser(self.denoiser, torch.cat([ys, yp, yc]), torch.cat([levs, levp, levc]),
-                              self.opt.max_batch)
+                              self.opt.max_batch, self.cond, owners)
         nsrc, npred = ys.shape[0], yp.shape[0]
         d, dp, dc = d_all[:nsrc], d_all[nsrc : nsrc + npred], d_all[nsrc + npred :]
         first = win.col == 0

@@ -11,7 +11,7 @@ import torch
 
 from ..diffusion import StepTable
 from . import noise as _noise
-from .engine import Denoiser, WalkStats, WorkingTable, call_denoiser, check_finite, langevin_step
+from .engine import Conditions, Denoiser, WalkStats, WorkingTable, call_denoiser, check_finite, langevin_step
 
 __all__ = ["sequential_walk"]
 
@@ -28,6 +28,7 @@ def sequential_walk(
     corrector_steps: int = 0,
     corrector_size: float = 0.1,
     progress: Callable[[int], None] | None = None,
+    cond: Conditions | None = None,
 ) -> tuple[torch.Tensor, WalkStats]:
     """Walk the step table one step at a time (DDPM / DDIM / DPM-Solver++ / EDM Heun).
 
@@ -51,6 +52,8 @@ def sequential_walk(
         Langevin corrector steps applied after reaching these grid indices.
     progress
         Called with the number of steps done after each step.
+    cond
+        The members' conditions (``None``: an unconditional denoiser, called with two arguments).
 
     Returns
     -------
@@ -64,13 +67,14 @@ def sequential_walk(
     stats = WalkStats()
     corr = set(int(c) for c in corrector_at if 0 < c < tab.n) if corrector_steps else set()
     d_prev = torch.zeros_like(x)
+    call = _Caller(denoiser, max_batch, cond, torch.arange(m, device=x.device))
     for j in range(tab.n):
         jj = torch.full((m,), j, dtype=torch.long, device=x.device)
         xi = _noise.normal(seed, members, j, shape, dtype=x.dtype, device=x.device)
-        x_next, d = _step(denoiser, tab, x, d_prev, xi, jj, max_batch, stats)
+        x_next, d = _step(call, tab, x, d_prev, xi, jj, stats)
         x, d_prev = x_next, d
         if j + 1 in corr:
-            x = _correct(denoiser, tab, x, jj + 1, members, seed, corrector_steps, corrector_size, max_batch, stats)
+            x = _correct(call, tab, x, jj + 1, members, seed, corrector_steps, corrector_size, stats)
         if progress is not None:
             progress(j + 1)
     stats.rounds_per_member = torch.full((m,), stats.rounds, dtype=torch.long)
@@ -79,12 +83,22 @@ def sequential_walk(
     return x, stats
 
 
-def _step(denoiser: Denoiser, tab: WorkingTable, x: torch.Tensor, d_prev: torch.Tensor, xi: torch.Tensor,
-          jj: torch.Tensor, max_batch: int | None, stats: WalkStats) -> tuple[torch.Tensor, torch.Tensor]:
+class _Caller:
+    """The walk's denoiser call: micro-batches of ``max_batch``, every member with its condition."""
+
+    def __init__(self, denoiser: Denoiser, max_batch: int | None, cond: Conditions | None, rows: torch.Tensor):
+        self.denoiser, self.max_batch, self.cond, self.rows = denoiser, max_batch, cond, rows
+
+    def __call__(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return call_denoiser(self.denoiser, y, level, self.max_batch, self.cond, self.rows)
+
+
+def _step(call: _Caller, tab: WorkingTable, x: torch.Tensor, d_prev: torch.Tensor, xi: torch.Tensor,
+          jj: torch.Tensor, stats: WalkStats) -> tuple[torch.Tensor, torch.Tensor]:
     # one step x_j -> x_{j+1}: one round, two with Heun's predictor stage; returns (x_{j+1}, D_j)
     j = int(jj[0])
     y, lev = tab.source(x, jj, xi)
-    d = call_denoiser(denoiser, y, lev, max_batch)
+    d = call(y, lev)
     check_finite(d, jj, lev)
     stats.rounds += 1
     x_next = (tab.A[j] + tab.E[j]) * x + tab.B[j] * d + tab.C[j] * xi
@@ -92,20 +106,20 @@ def _step(denoiser: Denoiser, tab: WorkingTable, x: torch.Tensor, d_prev: torch.
         x_next = x_next + tab.B2[j] * d_prev
     if tab.pred[j]:
         yp, levp = tab.predictor(x, d, xi, jj)
-        dp = call_denoiser(denoiser, yp, levp, max_batch)
+        dp = call(yp, levp)
         check_finite(dp, jj + 1, levp)
         x_next = x_next + tab.B3[j] * dp
         stats.rounds += 1
     return x_next, d
 
 
-def _correct(denoiser: Denoiser, tab: WorkingTable, x: torch.Tensor, jn: torch.Tensor, members: list[int],
-             seed: int, steps: int, size: float, max_batch: int | None, stats: WalkStats) -> torch.Tensor:
+def _correct(call: _Caller, tab: WorkingTable, x: torch.Tensor, jn: torch.Tensor, members: list[int],
+             seed: int, steps: int, size: float, stats: WalkStats) -> torch.Tensor:
     # the block-end phase: ``steps`` Langevin corrector steps at grid point jn (one round each)
     j = int(jn[0])
     for k in range(steps):
         y, lev = tab.at_point(x, jn)
-        d = call_denoiser(denoiser, y, lev, max_batch)
+        d = call(y, lev)
         check_finite(d, jn, lev)
         z = _noise.normal(seed, members, j, tuple(x.shape[1:]), tag=_noise.corrector_tag(k),
                           dtype=x.dtype, device=x.device)

@@ -1,8 +1,8 @@
 """Samplers: the step-table engine and its named configurations."""
 
 from .api import Sampler, SampleResult, check_sampler, sample, sampler_table, sequential_rounds
-from .noise import condition_seed
 from .engine import Conditions, WalkStats, call_denoiser
+from .noise import condition_seed
 from .picard import picard_walk
 from .registry import SAMPLERS, resolve, twin
 from .sequential import sequential_walk

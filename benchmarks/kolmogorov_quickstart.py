@@ -67,7 +67,7 @@ def read_split(store: str, split: str, holdout: float) -> tuple[torch.Tensor, ob
 
     stream = from_store(store, batch_size=256, split=split, holdout=holdout, shuffle=False, mean=[0.0], std=[1.0],
                         rank=0, world_size=1, dtype=torch.float64)
-    return torch.cat([x[:, 0] for x in stream]), stream
+    return torch.cat([(x[0] if isinstance(x, (tuple, list)) else x)[:, 0] for x in stream]), stream
 
 
 def chunk_trajectories(stream, chunks) -> list[int]:
@@ -134,8 +134,34 @@ def compare(x: torch.Tensor, ref: torch.Tensor, kmax: int, kf: int) -> dict:
         "w1": w1, "w1_over_std": w1 / float(rv.std()),
         "std": float(xv.std()), "kurtosis": kurt(xv), "mean": float(xv.mean()),
         "shear_amp": shear_amplitude(x, kf), "beyond_cutoff": beyond_cutoff(x),
+        "shear_profile_err": float(np.linalg.norm(shear_profile(x) - shear_profile(ref))
+                                   / np.linalg.norm(shear_profile(ref))),
         "Z": zx.tolist(),
     }
+
+
+def static_condition(meta: dict) -> torch.Tensor | None:
+    """The normalised static channels of a model trained with ``+conditioning=[static]`` (``None`` without)."""
+    from sciencegen.data.conditioning import condition_layout
+
+    cond = meta["data"].get("conditioning")
+    if not cond:
+        return None
+    if cond["inputs"]:
+        raise SystemExit("this benchmark samples unconditionally: a model with per-sample inputs needs conditions")
+    layout = condition_layout(meta["data"]["store"])
+    values = torch.as_tensor(layout.static_values, dtype=torch.float64)
+    mean = torch.tensor(cond["mean"], dtype=torch.float64).reshape(-1, *([1] * (values.ndim - 1)))
+    std = torch.tensor(cond["std"], dtype=torch.float64).reshape(-1, *([1] * (values.ndim - 1)))
+    return ((values - mean) / std).float()
+
+
+def shear_profile(omega: torch.Tensor) -> np.ndarray:
+    """The mean shear: the x-mean of ``u`` as a function of ``y``, averaged over fields (``[ny]``)."""
+    from sciencegen.physics.spectral import velocity_from_vorticity
+
+    u, _ = velocity_from_vorticity(omega)
+    return u.mean(dim=(0, -1)).numpy()
 
 
 def draw(model, meta: dict, sampler: str, members: int, steps: int, batch: int, run_dir: Path) -> tuple[torch.Tensor,
@@ -150,7 +176,8 @@ def draw(model, meta: dict, sampler: str, members: int, steps: int, batch: int, 
     shape = (len(meta["data"]["variables"]), *meta["data"]["field_shape"])
     opts = {"max_batch": 8 * batch} if sampler.startswith("picard") else {}
     t0 = time.perf_counter()
-    res = sciencegen.sample(model, shape, members, sampler, steps, seed=0, batch_size=batch, **opts)
+    res = sciencegen.sample(model, shape, members, sampler, steps, seed=0, batch_size=batch,
+                            cond=static_condition(meta), **opts)
     wall = time.perf_counter() - t0
     std = torch.tensor(meta["data"]["std"], dtype=torch.float64).reshape(1, -1, 1, 1)
     mean = torch.tensor(meta["data"]["mean"], dtype=torch.float64).reshape(1, -1, 1, 1)
@@ -280,7 +307,7 @@ def main() -> None:
     rows = {name: compare(x, ref, kmax, kf) for name, x in samples.items()}
     floors = [compare(g, ref, kmax, kf) for g in groups]
     keys = ["spec_logratio_1_8", "spec_logratio_1_kmax", "spec_max_ratio_1_8", "spec_max_ratio_1_kmax", "w1",
-            "w1_over_std", "std", "kurtosis", "shear_amp", "beyond_cutoff"]
+            "w1_over_std", "std", "kurtosis", "shear_amp", "beyond_cutoff", "shear_profile_err"]
     floor = {k: float(np.mean([f[k] for f in floors])) for k in keys}
     floor_range = {k: [float(min(f[k] for f in floors)), float(max(f[k] for f in floors))] for k in keys}
     refrow = compare(ref, ref, kmax, kf)
@@ -297,13 +324,13 @@ def main() -> None:
           f"(channel_mult {meta['model'].get('channel_mult')}), step {step}, {minutes or 0:.1f} training minutes; "
           f"{a.steps} sampler steps, vs {m} held-out snapshots")
     head = (f"{'set':<26}{'|lnZ| 1-8':>10}{'|lnZ| 1-' + str(kmax):>11}{'max Z 1-8':>10}{'W1':>8}{'W1/std':>8}"
-            f"{'std':>7}{'kurt':>7}{'shear':>7}{'>2/3':>9}")
+            f"{'std':>7}{'kurt':>7}{'shear':>7}{'>2/3':>9}{'u(y) err':>9}")
     print(head)
 
     def line(label: str, r: dict) -> None:
         print(f"{label:<26}{r['spec_logratio_1_8']:>10.3f}{r['spec_logratio_1_kmax']:>11.3f}"
               f"{r['spec_max_ratio_1_8']:>10.2f}{r['w1']:>8.3f}{r['w1_over_std']:>8.3f}{r['std']:>7.3f}"
-              f"{r['kurtosis']:>7.2f}{r['shear_amp']:>7.3f}{r['beyond_cutoff']:>9.1e}")
+              f"{r['kurtosis']:>7.2f}{r['shear_amp']:>7.3f}{r['beyond_cutoff']:>9.1e}{r['shear_profile_err']:>9.3f}")
 
     for name, r in rows.items():
         line(f"{name} ({r['n']})", r)
@@ -312,7 +339,8 @@ def main() -> None:
           f"{refrow['kurtosis']:>7.2f}{refrow['shear_amp']:>7.3f}{refrow['beyond_cutoff']:>9.1e}")
     print("(|lnZ|: mean |ln(Z_gen/Z_ref)| over the shells; max Z: largest ratio (either way) over shells 1-8;\n"
           " W1 in vorticity units; shear: amplitude of the k=(0, k_f) mode of the ensemble-mean field;\n"
-          " >2/3: enstrophy fraction in the modes beyond the 2/3 cutoff)")
+          " >2/3: enstrophy fraction in the modes beyond the 2/3 cutoff; u(y) err: relative L2 error of the mean\n"
+          " shear profile, the x-mean of u over y averaged over fields, against the held-out one)")
 
     title = (f"Kolmogorov 64² vorticity: tiny-budget U-Net ({step} steps, {minutes or 0:.0f} min on one CPU core) "
              f"vs held-out trajectories {ref_traj[0]}-{ref_traj[-1]}")

@@ -24,12 +24,64 @@ SAMPLES = {
 }
 
 
+def toy_weather(times: int = 160, seed: int = 0) -> xr.Dataset:
+    """A small user-style netCDF: ``t2m`` and ``z500`` on ``(time, lat, lon)`` plus static ``orography``/``lsm``.
+
+    Synthetic, deterministic: the 500 hPa height anomaly is an AR(1) (a = 0.8 per day) Gaussian random field;
+    2 m temperature follows it (correlation 0.7) plus its own AR(1) field; both on a 16 x 32 latitude-longitude
+    grid (longitude periodic) with a smooth meridional profile. Made for the conditioning how-to
+    (docs/conditional.md): forecast it, downscale it, predict one variable from the other.
+    """
+    import numpy as np
+    import torch
+
+    from sciencegen.samplers import noise
+    from sciencegen.targets import GaussianRandomField
+
+    grf = GaussianRandomField(32, slope=4.0, k0=3.0)
+
+    def ar1(stream: int) -> np.ndarray:
+        out = np.empty((times, 16, 32))
+        x = None
+        for t in range(times):
+            white = noise.normal(seed, [stream * 100_000 + t], 0, grf.shape, tag=noise.DATA, dtype=torch.float64)
+            xi = grf.colour(white)[0, 0, 8:24].numpy()  # 16 latitude rows of the periodic field
+            x = xi if x is None else 0.8 * x + 0.6 * xi
+            out[t] = x
+        return out
+
+    lat = np.linspace(-67.5, 67.5, 16)
+    lon = np.arange(32) * 11.25
+    phi = np.deg2rad(lat)[:, None]
+    za, ta = ar1(0), ar1(1)
+    z500 = 5500.0 + 250.0 * np.cos(phi) ** 2 + 60.0 * za
+    t2m = 288.0 - 30.0 * np.sin(phi) ** 2 + 3.0 * (0.7 * za + 0.714 * ta)
+    white = noise.normal(seed, [999_999], 0, grf.shape, tag=noise.DATA, dtype=torch.float64)
+    oro = np.clip(grf.colour(white)[0, 0, 8:24].numpy(), 0, None) * 1500.0
+    time = np.datetime64("2000-01-01") + np.arange(times).astype("timedelta64[D]")
+    return xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t2m.astype("float32"), {"units": "K", "long_name": "2 m temperature"}),
+         "z500": (("time", "lat", "lon"), z500.astype("float32"),
+                  {"units": "m", "long_name": "geopotential height at 500 hPa"}),
+         "orography": (("lat", "lon"), oro.astype("float32"), {"units": "m", "long_name": "surface height"}),
+         "lsm": (("lat", "lon"), (oro > 0).astype("float32"), {"units": "1", "long_name": "land-sea mask"})},
+        coords={"time": ("time", time), "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+                "lon": ("lon", lon, {"units": "degrees_east", "standard_name": "longitude"})},
+        attrs={"title": "toy weather: synthetic AR(1) fields on a latitude-longitude grid",
+               "source": "datasets/make_samples.py toy_weather", "Conventions": "CF-1.10"})
+
+
 def main(names: list[str]) -> None:
     """Write the named samples (default: all)."""
     from sciencegen.data.prepare import prepare
 
     HERE.mkdir(exist_ok=True)
-    for name in names or list(SAMPLES):
+    for name in names or [*SAMPLES, "weather16x32.nc"]:
+        if name == "weather16x32.nc":
+            ds = toy_weather()
+            ds.to_netcdf(HERE / name, encoding={v: {"zlib": True, "complevel": 4} for v in ds.data_vars})
+            print(f"{HERE / name}: {os.path.getsize(HERE / name) / 1e3:.0f} kB")
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             p = prepare(SAMPLES[name], Path(tmp) / "store.zarr", progress=True)
             ds = xr.open_zarr(p.path).load()

@@ -54,6 +54,8 @@ def _key(help: str, default: Any = MISSING) -> Any:
 
 _TARGET = "class or function this config instantiates (Hydra `_target_`)"
 _NONFINITE = "NaN/Inf policy: error | mask (keep as NaN, skipped in statistics) | drop (drop those samples)"
+_CONDITIONING = ("kinds of conditioning, name -> {_target_: ...} (sciencegen.data.conditioning: State, Coarse, "
+                 "Variables, Static); null: unconditional")
 
 
 # ------------------------------------------------------------------------------------------- dataset
@@ -72,8 +74,12 @@ class GRFConfig:
     channels: int = _key("independent channels (variables field, or field0, field1, ...)")
     ndim: int = _key("spatial dims; 1: x; 2: y, x; 3: z, y, x")
     seed: int = _key("sample i depends only on (seed, i)")
-    chunk: int = _key("samples per chunk (one generation task)")
+    chunk: int = _key("samples per chunk (one generation task); with ar: chunk // length trajectories")
     nonfinite: str = _key(_NONFINITE)
+    ar: float | None = _key("null: independent samples; a in (-1, 1): AR(1) trajectories x_{t+1} = a x_t + "
+                            "sqrt(1 - a^2) xi on dims (trajectory, time)")
+    length: int = _key("time steps per AR(1) trajectory (with ar)")
+    conditioning: Any = _key(_CONDITIONING)
 
 
 @dataclass
@@ -98,6 +104,7 @@ class KolmogorovConfig:
     initial_rms: float = _key("root-mean-square vorticity of the random initial condition")
     seed: int = _key("trajectory i depends only on (seed, i)")
     nonfinite: str = _key(_NONFINITE)
+    conditioning: Any = _key(_CONDITIONING)
 
 
 @dataclass
@@ -116,6 +123,7 @@ class _UserDataConfig:
     nonfinite: str = _key(_NONFINITE)
     max_gb: float | None = _key("refuse selected variables larger than this many GB before reading them (null: no "
                                 "limit); not part of the store's identity")
+    conditioning: Any = _key(_CONDITIONING)
 
 
 @dataclass
@@ -143,7 +151,7 @@ class UNetConfig:
     sigma_data: float = _key("EDM sigma_data: the data are normalised to unit variance")
     in_channels: int | None = _key("from the data (one channel per variable); a different value is an error")
     out_channels: int | None = _key("= in_channels (a denoiser outputs the field)")
-    cond_channels: int = _key("conditioning channels; conditioning is not trained yet (0)")
+    cond_channels: int | None = _key("condition channels (null: from the data, dataset.conditioning)")
     periodic: list[bool] | None = _key("[y, x] circular padding (null: from the dataset; grf: periodic)")
     channels: int | None = _key("base width (null: the preset's)")
     channel_mult: list[int] | None = _key(
@@ -285,7 +293,11 @@ class SDEConfig:
 class GenerateConfig:
     """``generate=default``: ensemble generation (:func:`sciencegen.pipelines.generate.run_generate`)."""
 
-    members: int = _key("ensemble size; member i depends only on (seed, i)")
+    members: int = _key("ensemble size; member i depends only on (seed, i) (of each condition: (seed, c, i))")
+    conditions: int = _key("a dataset with conditioning: cases taken from the held-out data (ignored with "
+                           "condition.path: every case of the file)")
+    lead_times: int | None = _key("forecast rollouts of a state-conditioned dataset: each member fed its own "
+                                  "output, this many times (null: one step, no lead_time dim)")
     batch_size: int = _key("members sampled together (a Picard round evaluates window x batch points)")
     seed: int = _key("member i depends only on (seed, i)")
     shard: str | None = _key("i/n: own the i-th of n contiguous, chunk-aligned slices of members (0-based); "

@@ -1,10 +1,14 @@
-"""Analytic targets with exact denoisers: Gaussian random fields and Gaussian mixtures.
+"""Analytic targets with exact denoisers: Gaussian random fields, their exact conditional laws, Gaussian mixtures.
 
-Exact posterior means of Gaussian models (Tweedie/Wiener filter); Karras et al. 2022 conventions.
+Exact posterior means of Gaussian models (Tweedie/Wiener filter, Gaussian conditioning); Karras et al. 2022.
 
-Every target exposes ``denoiser(x, s) -> E[x0 | x0 + s·noise = x]`` over
+Every unconditional target exposes ``denoiser(x, s) -> E[x0 | x0 + s·noise = x]`` over
 batches ``[B, *shape]`` with one noise level per item, ``sample(n, generator)``
 drawing exact samples, and works at any size (FFT cost, no dense matrices).
+The conditional laws of the GRF (:class:`CoarseGRF`: given block means; :class:`AR1GRF`: the next state of
+an AR(1) process; :class:`StaticGRF`: given independent static maps) have ``conditional = True`` and expose
+``denoiser(x, s, cond)``, ``posterior_mean(cond)``, ``posterior_variance()``, ``mode_variance()``,
+``posterior_spectrum()``, ``posterior_sample(cond, count, generator)`` and ``spectral_error(x, cond)``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["GaussianMixture", "GaussianRandomField", "radial_spectrum", "spectral_error"]
+__all__ = ["AR1GRF", "CoarseGRF", "GaussianMixture", "GaussianRandomField", "StaticGRF", "radial_spectrum",
+           "spectral_error"]
 
 
 def _wavenumbers(n: int, ndim: int, dtype=torch.float64) -> torch.Tensor:
@@ -186,3 +191,281 @@ class GaussianMixture:
         eps = torch.randn((count, *self.shape), generator=generator, dtype=torch.float64)
         x = self.means[comp] + self.scales[comp].reshape(-1, *([1] * len(self.shape))) * eps
         return x.to(device=device, dtype=dtype)
+
+
+# ---------------------------------------------------------------- conditional laws of the GRF
+
+
+class _ConditionalGRF:
+    """What the exact conditional laws of a :class:`GaussianRandomField` share (float64 inside)."""
+
+    conditional = True
+
+    def __init__(self, field: GaussianRandomField):
+        if not isinstance(field, GaussianRandomField):
+            raise ValueError(f"field must be a GaussianRandomField, got {type(field).__name__}")
+        self.field = field
+        self.shape = field.shape
+        self.ndim, self.channels = field.ndim, field.channels
+        self._fdims = tuple(range(-field.ndim, 0))
+
+    def _cond(self, cond: torch.Tensor, batch: int | None) -> torch.Tensor:
+        """The first ``C`` channels of ``cond`` ``[B, C_cond, *grid]``, float64."""
+        grid, c = self.shape[1:], self.channels
+        if cond.ndim != len(self.shape) + 1 or tuple(cond.shape[2:]) != grid or cond.shape[1] < c or (
+                batch is not None and cond.shape[0] != batch):
+            b = "B" if batch is None else batch
+            raise ValueError(f"{type(self).__name__} expects cond of shape [{b}, C_cond >= {c}, *{list(grid)}], "
+                             f"got {tuple(cond.shape)}")
+        return cond[:, :c].double()
+
+    def _one(self, cond: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """``cond`` as a batch, and whether it was one condition ``[C_cond, *grid]``."""
+        single = cond.ndim == len(self.shape)
+        return (cond[None] if single else cond), single
+
+    def posterior_spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Radially binned exact posterior per-mode variance ``E|x̂(k) - E[x̂(k) | cond]|²``: ``(k_bins, var)``."""
+        return _bin(self.field.wavenumber, self.mode_variance())
+
+    def mode_variance(self) -> torch.Tensor:
+        """Exact posterior per-mode variance on the full FFT grid (orthonormal DFT), ``[n]*ndim``."""
+        raise NotImplementedError
+
+    def posterior_mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[x0 | cond]`` (``[C, *grid]`` for one condition, ``[B, C, *grid]`` for a batch)."""
+        raise NotImplementedError
+
+    def spectral_error(self, x: torch.Tensor, cond: torch.Tensor) -> float:
+        """Mean over radial bins of ``|log(P / P_exact)|`` of the deviations ``x - E[x0 | cond]``.
+
+        ``x`` is ``[members, C, *grid]``; ``cond`` one condition for all members or one per member.  Bins where
+        the exact posterior variance vanishes (modes the condition fixes) are left out.
+        """
+        dev = x.double() - self.posterior_mean(cond.to(x.device))
+        _, p = radial_spectrum(dev.cpu(), self.ndim)
+        _, v = self.posterior_spectrum()
+        keep = v > 1e-12 * float(v.max())
+        return float((p[keep] / v[keep]).log().abs().mean())
+
+
+class CoarseGRF(_ConditionalGRF):
+    """The GRF given its means over non-overlapping ``factor^ndim`` blocks (downscaling), exactly.
+
+    Gaussian conditioning in Fourier space (Wiener filter with an exact linear constraint).  The block mean is a
+    box filter ``h`` then subsampling; subsampling maps the ``factor^ndim`` fine modes ``k = K + m q``
+    (``m = n / factor``) onto the coarse mode ``K``: ``ŷ(K) = Σ_q a(K + m q) x̂(K + m q)`` with
+    ``a = factor^(-ndim/2) h``.  So the posterior is block-diagonal over these alias groups, each a rank-one
+    constraint on independent modes: given ``x = x0 + s·noise`` and ``w = v / (v + s²)``,
+    ``E[x̂0 | x, y] = w x̂ + w ā (ŷ - Σ a w x̂) / Σ w |a|²`` (``s = 0`` included).  Channels are independent.
+
+    Parameters
+    ----------
+    field
+        The prior (any ``ndim``, any channels).
+    factor
+        Block size per field dim; must divide ``field.n``.
+
+    Notes
+    -----
+    Conditions are fields ``[B, C_cond, *grid]`` in physical units: the first ``C`` channels are the targets'
+    coarse fields (their block means are taken, so the block means repeated back, :meth:`coarsen`, or any
+    field with those block means will do); further channels (static maps) are ignored.
+    """
+
+    def __init__(self, field: GaussianRandomField, factor: int):
+        super().__init__(field)
+        if int(factor) != factor or factor < 1 or field.n % int(factor):
+            raise ValueError(f"factor must be a positive integer dividing the grid size {field.n}, got {factor!r}")
+        self.factor = f = int(factor)
+        self.coarse = m = field.n // f
+        d = field.ndim
+        o = torch.arange(f, dtype=torch.float64)
+        k = torch.arange(field.n, dtype=torch.float64)
+        h1 = torch.exp(2j * math.pi * k[:, None] * o[None, :] / field.n).mean(1)  # box filter, one dim
+        a = f ** (-d / 2) * math.prod(h1.reshape((-1,) + (1,) * (d - 1 - i)) for i in range(d))
+        # alias-group layout: each fine axis k = q·m + K becomes (q, K)
+        glayout = sum(((f, m) for _ in range(d)), ())
+        self._a = a.reshape(glayout)
+        self._v = field.variance.reshape(glayout)
+        self._qdims = tuple(range(-2 * d, 0, 2))
+        self._tau = (self._a.abs() ** 2 * self._v).sum(self._qdims, keepdim=True)
+        self._a2 = a.abs() ** 2
+        self._abar_half = a.conj()[..., : field.n // 2 + 1]
+
+    def _groups(self, xf: torch.Tensor) -> torch.Tensor:
+        """Fine FFT ``[B, C, *grid]`` → alias-group layout ``[B, C, f, m, f, m, …]``."""
+        return xf.reshape(*xf.shape[:2], *self._v.shape)
+
+    def _block_means(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, *grid]`` → ``[B, C, m, …]`` means over blocks."""
+        f, m = self.factor, self.coarse
+        xb = x.reshape(*x.shape[:2], *sum(((m, f) for _ in range(self.ndim)), ()))
+        return xb.mean(tuple(range(-1, -2 * self.ndim, -2)))
+
+    def _coarse_fft(self, cond: torch.Tensor) -> torch.Tensor:
+        """The coarse observations ``ŷ`` of ``cond`` ``[B, C, *grid]`` in group layout ``[B, C, 1, m, 1, m, …]``."""
+        y = torch.fft.fftn(self._block_means(cond), dim=self._fdims, norm="ortho")
+        return y.reshape(*y.shape[:2], *sum(((1, self.coarse) for _ in range(self.ndim)), ()))
+
+    def _to_grid(self, g: torch.Tensor) -> torch.Tensor:
+        """Group layout back to the fine grid, inverse FFT, real part."""
+        x = g.reshape(*g.shape[:2], *self.shape[1:])
+        return torch.fft.ifftn(x, dim=self._fdims, norm="ortho").real
+
+    def coarsen(self, x: torch.Tensor) -> torch.Tensor:
+        """Block means of ``x`` ``[B, C, *grid]`` repeated back to the fine grid (the condition the model sees)."""
+        f, m = self.factor, self.coarse
+        y = self._block_means(x)
+        y = y.reshape(*y.shape[:2], *sum(((m, 1) for _ in range(self.ndim)), ()))
+        y = y.expand(*y.shape[:2], *sum(((m, f) for _ in range(self.ndim)), ()))
+        return y.reshape(x.shape)
+
+    def denoiser(self, x: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[x0 | x0 + s·noise = x, coarsen(x0) = coarsen(cond)]`` over ``[B, C, *grid]``, ``[B]``.
+
+        The Wiener estimate ``z`` plus the group-wise correction: ``Σ_q a w x̂`` is the coarse FFT of the block
+        means of ``z``, and the correction ``w ā gain(K)`` is formed on the real-FFT half grid.
+        """
+        n, f, half = self.field.n, self.factor, self.field.n // 2 + 1
+        c = self._cond(cond, x.shape[0]).to(x.device)
+        v = self.field.variance.to(x.device)
+        s2 = s.to(device=x.device, dtype=torch.float64).reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
+        w = v / (v + s2)  # [B, 1, *grid], full FFT grid
+        wx = w[..., :half] * torch.fft.rfftn(x.double(), dim=self._fdims, norm="ortho")
+        z = torch.fft.irfftn(wx, s=(n,) * self.ndim, dim=self._fdims, norm="ortho")
+        resid = torch.fft.fftn(self._block_means(c - z), dim=self._fdims, norm="ortho")  # ŷ - Σ_q a w x̂
+        den = self._groups(w * self._a2.to(x.device)).sum(self._qdims)  # Σ_q w |a|²  [B, 1, m, …]
+        gain = (resid / den).repeat(1, 1, *(f,) * self.ndim)[..., :half]  # gain(k mod m)
+        corr = w[..., :half] * self._abar_half.to(x.device) * gain
+        return (z + torch.fft.irfftn(corr, s=(n,) * self.ndim, dim=self._fdims, norm="ortho")).to(x.dtype)
+
+    def posterior_mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[x0 | coarsen(x0) = coarsen(cond)]`` (one condition ``[C_cond, *grid]`` or a batch)."""
+        batch, single = self._one(cond)
+        y = self._coarse_fft(self._cond(batch, None))
+        a, v = self._a.to(y.device), self._v.to(y.device)
+        mean = self._to_grid(v * a.conj() * y / self._tau.to(y.device))
+        return mean[0] if single else mean
+
+    def mode_variance(self) -> torch.Tensor:
+        """Exact posterior variance of each Fourier mode, ``v - v² |a|² / Σ_group v |a|²`` (0: fixed modes)."""
+        var = self._v - self._v ** 2 * self._a.abs() ** 2 / self._tau
+        return var.clamp_min(0).reshape(self.field.variance.shape)
+
+    def posterior_variance(self) -> torch.Tensor:
+        """Exact per-pixel posterior variance ``[C, *grid]`` (periodic with the block; independent of cond).
+
+        ``Var x(j) = mean(v) - N⁻¹ Σ_K |Σ_q v ā e^{2πi q·r/f}|² / τ_K`` with ``r = j mod f``.
+        """
+        f, m, d = self.factor, self.coarse, self.ndim
+        b = torch.fft.ifftn(self._v * self._a.conj(), dim=self._qdims, norm="forward")  # q → r
+        term = ((b.abs() ** 2) / self._tau).sum(tuple(range(-2 * d + 1, 0, 2)), keepdim=True)  # [f, 1, f, 1, …]
+        var = float(self.field.variance.mean()) - term / self.field.variance.numel()
+        var = var.reshape(sum(((1, f) for _ in range(d)), ())).expand(sum(((m, f) for _ in range(d)), ()))
+        return var.reshape(self.shape[1:]).clamp_min(0).expand(self.shape).clone()
+
+    def posterior_sample(self, cond: torch.Tensor, count: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` exact posterior draws ``[count, C, *grid]`` given one condition ``[C_cond, *grid]``.
+
+        Pathwise (Matheron) conditioning: ``z + E[x0 | cond] - E[x0 | coarsen(z)]`` with ``z`` a prior draw.
+        """
+        c = self._cond(cond[None], 1)
+        z = self.field.sample(count, generator).to(c.device)
+        return z + self.posterior_mean(c.expand(count, *c.shape[1:]) - z)
+
+
+class AR1GRF(_ConditionalGRF):
+    """The AR(1) state process ``x_{t+1} = a x_t + sqrt(1 - a²) ξ`` of GRF innovations ``ξ``, exactly.
+
+    Its stationary law is the GRF; given ``x_t`` (the condition), ``x_{t+1} ~ N(a x_t, (1 - a²) Σ)``, so the
+    conditional denoiser is the Wiener filter of the innovation around ``a x_t`` (Gaussian conditioning).
+
+    Parameters
+    ----------
+    field
+        The GRF ``ξ`` (and the stationary law).
+    a
+        AR coefficient, ``-1 < a < 1`` (a lag of ``L`` steps is ``AR1GRF(field, a**L)``).
+    """
+
+    def __init__(self, field: GaussianRandomField, a: float):
+        super().__init__(field)
+        if not -1.0 < float(a) < 1.0:
+            raise ValueError(f"the AR coefficient a must satisfy -1 < a < 1, got {a!r}")
+        self.a = float(a)
+        self._innovation = 1.0 - self.a ** 2
+
+    def denoiser(self, x: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[x_{t+1} | x_{t+1} + s·noise = x, x_t = cond]`` over ``[B, C, *grid]``, ``[B]``."""
+        mean = self.a * self._cond(cond, x.shape[0]).to(x.device)
+        xd = x.double()
+        v = self._innovation * self.field._var(xd)
+        s2 = s.to(device=x.device, dtype=torch.float64).reshape((-1,) + (1,) * (x.ndim - 1)) ** 2
+        return (mean + self.field._filter(xd - mean, v / (v + s2))).to(x.dtype)
+
+    def posterior_mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """Exact ``E[x_{t+1} | x_t = cond] = a·cond`` (one condition or a batch)."""
+        batch, single = self._one(cond)
+        mean = self.a * self._cond(batch, None)
+        return mean[0] if single else mean
+
+    def mode_variance(self) -> torch.Tensor:
+        """Exact posterior variance of each Fourier mode, ``(1 - a²) v``."""
+        return self._innovation * self.field.variance
+
+    def posterior_variance(self) -> torch.Tensor:
+        """Exact per-pixel posterior variance ``[C, *grid]``: ``(1 - a²)·mean(v)``."""
+        return torch.full(self.shape, self._innovation * float(self.field.variance.mean()), dtype=torch.float64)
+
+    def posterior_sample(self, cond: torch.Tensor, count: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` exact draws of ``x_{t+1}`` ``[count, C, *grid]`` given one ``x_t`` ``[C_cond, *grid]``."""
+        mean = self.posterior_mean(cond)
+        return mean + math.sqrt(self._innovation) * self.field.sample(count, generator).to(mean.device)
+
+    def trajectory(self, count: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` exact trajectories ``[count, length, C, *grid]``, ``x_0`` from the GRF (stationary)."""
+        white = torch.randn((count, length, *self.shape), generator=generator, dtype=torch.float64)
+        xi = self.field.colour(white.reshape(count * length, *self.shape)).reshape(white.shape)
+        out = torch.empty_like(xi)
+        out[:, 0] = xi[:, 0]
+        for t in range(1, length):
+            out[:, t] = self.a * out[:, t - 1] + math.sqrt(self._innovation) * xi[:, t]
+        return out
+
+
+class StaticGRF(_ConditionalGRF):
+    """The GRF given fields independent of it (static maps): the prior itself behind the conditional interface.
+
+    Parameters
+    ----------
+    field
+        The GRF; the condition is checked for shape and otherwise ignored.
+    """
+
+    def denoiser(self, x: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The GRF's Wiener filter (``cond`` ignored)."""
+        self._cond(cond, x.shape[0])
+        return self.field.denoiser(x.double(), s).to(x.dtype)
+
+    def posterior_mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """Zero (the prior mean)."""
+        batch, single = self._one(cond)
+        mean = torch.zeros_like(self._cond(batch, None))
+        return mean[0] if single else mean
+
+    def mode_variance(self) -> torch.Tensor:
+        """The prior per-mode variance."""
+        return self.field.variance
+
+    def posterior_variance(self) -> torch.Tensor:
+        """The prior per-pixel variance ``mean(v)``, ``[C, *grid]``."""
+        return torch.full(self.shape, float(self.field.variance.mean()), dtype=torch.float64)
+
+    def posterior_sample(self, cond: torch.Tensor, count: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` exact prior draws."""
+        self._cond(cond[None], 1)
+        return self.field.sample(count, generator).to(cond.device)

@@ -27,7 +27,9 @@ CONF = config_dir()
 PRIMARIES = sorted(p.name[:-5] for p in CONF.iterdir() if p.name.endswith(".yaml"))
 GROUPS = {d.name: sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
           for d in CONF.iterdir() if d.is_dir() and not d.name.startswith("_") and d.name != "hydra"}
-TYPED = [g for g in GROUPS if g != "experiment"]  # experiments are `# @package _global_` overrides
+# experiments are `# @package _global_` overrides; conditioning options are `# @package dataset.conditioning.NAME`
+# additions to the dataset (its schema types `conditioning` as a mapping; the kind checks its own arguments)
+TYPED = [g for g in GROUPS if g not in ("experiment", "conditioning")]
 
 
 def _load_tool():
@@ -89,7 +91,7 @@ def compose_cached(name: str | None, overrides: list[str]) -> DictConfig:
 def test_every_option_composes_with_its_schema():
     """Every option of every typed group, each under its own package in one composition (as the reference)."""
     over = REF.option_overrides()
-    assert len(over) == sum(len(GROUPS[g]) for g in TYPED)
+    assert len(over) == sum(len(GROUPS[g]) for g in GROUPS if g != "experiment")
     cfg = compose_cached(None, over)
     for group in TYPED:
         for option in GROUPS[group]:
@@ -115,6 +117,17 @@ def test_primary_composes(primary):
     cfg = compose_cached(primary, over)
     for g, o in other.items():
         assert OmegaConf.get_type(cfg[g]) is _schema(g, o), (primary, over, g)
+
+
+def test_conditioning_options_add_a_kind_to_the_dataset():
+    """``+conditioning=[...]`` puts each kind under ``dataset.conditioning.NAME``; each builds its kind."""
+    from sciencegen.data.conditioning import ConditionKind, make_kinds
+
+    cfg = _compose("data", [f"+conditioning=[{','.join(GROUPS['conditioning'])}]",
+                            "dataset.conditioning.variables.names=[u]", "dataset.conditioning.state.lag=2"])
+    assert list(cfg.dataset.conditioning) == GROUPS["conditioning"]
+    kinds = make_kinds(cfg.dataset.conditioning)
+    assert all(isinstance(k, ConditionKind) for k in kinds.values()) and kinds["state"].lag == 2
 
 
 def test_experiments_compose():

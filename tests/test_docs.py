@@ -156,11 +156,16 @@ def test_other_command(where, cmd):
 
 def test_readme_python_example():
     text = (ROOT / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+    blocks_ = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]  # the unconditional, then the conditional
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    for code in blocks_:
+        exec(compile(code, "README.md", "exec"), namespace)
     res = namespace["result"]
     assert tuple(res.samples.shape) == (16, 1, 64, 64) and res.stats["rounds"] < 64
+    post, law, coarse = namespace["post"], namespace["law"], namespace["coarse"]
+    assert tuple(post.samples.shape) == (16, 1, 64, 64) and post.stats["rounds"] < 64
+    # every member keeps the condition's block means (the exact posterior fixes them)
+    assert float((law.coarsen(post.samples.double()) - coarse).abs().max()) < 1e-3
 
 
 SHRINK = {"generate.members": "4", "generate.batch_size": "2", "sampler.steps": "8", "train.max_minutes": "0.05",

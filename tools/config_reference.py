@@ -157,6 +157,8 @@ def render(compose: Callable[[str | None, list[str]], Any] | None = None) -> str
         out += [f"### {g}", ""]
         apps = ", ".join(f"`{p}`" for p in used[g]) or "none"
         out += [f"Options: {', '.join(f'`{o}`' for o in options[g])}. Used by {apps}.", ""]
+        if not used[g] and g != "experiment":
+            out += [f"Added to any command with `+{g}=OPTION`, several at once with `+{g}=[A,B]`.", ""]
         nodes = {o: every[f"{g}__{o}"] for o in options[g] if f"{g}__{o}" in every}
         kinds = {o: OmegaConf.get_type(nodes[o]) if o in nodes else None for o in options[g]}
         schemas = {o: k if dataclasses.is_dataclass(k) else None for o, k in kinds.items()}
@@ -221,7 +223,10 @@ def _untyped(group: str, option: str) -> list[str]:
         else:
             sets += [f"{k.replace('override ', '').lstrip('/')}={v}" for k, v in entry.items()]
     body = OmegaConf.masked_copy(conf, [k for k in conf if k not in ("defaults", "hydra")])
-    sets += [f"{k}={default_text(*ref).strip('`')}" for k, ref in flat_keys(body)]
+    package = next((line.split("@package", 1)[1].strip() for line in text.splitlines()
+                    if line.startswith("# @package")), "_global_")
+    prefix = "" if package == "_global_" else f"{package}."
+    sets += [f"{prefix}{k}={default_text(*ref).strip('`')}" for k, ref in flat_keys(body)]
     sweep = OmegaConf.select(conf, "hydra.sweeper.params")
     if sweep:
         sets += [f"--multirun {k}={v}" for k, v in sweep.items()]

@@ -19,7 +19,7 @@ import xarray as xr
 
 from ._common import as_dims, check_dims, single_chunk
 
-__all__ = ["crps_ensemble", "crps_gaussian", "rank_histogram", "spread_skill"]
+__all__ = ["crps_ensemble", "crps_gaussian", "rank_chi2", "rank_histogram", "spread_skill"]
 
 
 def _check_pair(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashable, func: str) -> int:
@@ -266,3 +266,42 @@ def rank_histogram(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hash
     out.attrs = {"long_name": "rank histogram (number of members below the truth)", "units": "count",
                  "ties": "shared equally among the tied ranks", "members": m}
     return out
+
+
+# Pearson chi-squared test of a flat rank histogram (e.g. Jolliffe & Primo 2008, MWR 136, 1505), ranks pooled.
+def rank_chi2(counts: np.ndarray | Sequence[float], min_expected: float = 5.0) -> dict[str, float | int | None]:
+    """Chi-squared test that a rank histogram is flat (each of the ``m + 1`` ranks equally likely).
+
+    Adjacent ranks are pooled into ``B = min(m + 1, floor(n / min_expected))`` nearly equal groups (``n`` the
+    total count) so that every expected count is at least ``min_expected``; the statistic
+    ``sum_g (O_g - E_g)² / E_g`` with ``E_g = n · |g| / (m + 1)`` is referred to a chi-squared law with ``B - 1``
+    degrees of freedom. The test assumes independent counts: thin correlated points before counting.
+
+    Parameters
+    ----------
+    counts
+        Rank counts over ranks ``0..m`` (may be fractional: shared ties).
+    min_expected
+        Smallest expected count per group.
+
+    Returns
+    -------
+    dict
+        ``statistic``, ``dof``, ``p_value`` (``None`` when fewer than 2 groups can be formed), ``groups``,
+        ``points`` (``n``).
+    """
+    import torch
+
+    c = np.asarray(counts, dtype=np.float64).ravel()
+    n = float(c.sum())
+    groups = int(min(c.size, math.floor(n / min_expected))) if n > 0 else 0
+    if groups < 2:
+        return {"statistic": None, "dof": None, "p_value": None, "groups": groups, "points": n}
+    parts = np.array_split(np.arange(c.size), groups)
+    obs = np.array([c[p].sum() for p in parts])
+    exp = np.array([n * p.size / c.size for p in parts])
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    dof = groups - 1
+    p = float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),
+                                      torch.tensor(stat / 2.0, dtype=torch.float64)))
+    return {"statistic": stat, "dof": dof, "p_value": p, "groups": groups, "points": n}

@@ -19,7 +19,7 @@ __all__ = ["GROUP_ORDER", "HIDDEN", "default_text", "flat_keys", "listing", "sch
            "yaml_comments", "yaml_text"]
 
 #: groups in this order first, then any other (alphabetically)
-GROUP_ORDER = ["dataset", "model", "train", "sampler", "generate", "evaluate", "experiment"]
+GROUP_ORDER = ["dataset", "conditioning", "model", "train", "sampler", "generate", "evaluate", "experiment"]
 #: groups that are not options a user picks
 HIDDEN = ("hydra", "schema")
 

@@ -1,10 +1,13 @@
 """The ensemble store on disk: its public API, used by generate, evaluate and the whole pipeline.
 
 * **create** from a template: :func:`template` (the layout: fields over ``member`` + field dims, the per-member
-  ``rounds``, ``nfe`` and ``complete`` arrays, the CF ``member`` coordinate, root attributes), then
-  :func:`create_store` (metadata only, renamed into place); :func:`discard_store` removes a store to replace it;
-* **write a chunk**: :func:`write_chunk` (data first, flags last), :func:`chunk_ranges` (the chunks along
-  ``member``), :func:`set_flags`, :func:`repair_arrays`;
+  ``rounds``, ``nfe`` and ``complete`` arrays, the CF ``member`` coordinate, root attributes; a conditional
+  ensemble (:class:`ConditionAxis`) adds the ``condition`` and ``lead_time`` dims, ``truth_*`` and ``input_*``),
+  then :func:`create_store` (metadata only, renamed into place); :func:`discard_store` removes a store to
+  replace it;
+* **write a chunk**: :func:`write_chunk` (data first, flags last; a conditional chunk also writes its
+  condition's inputs and truth before its members), :func:`chunk_ranges` (the chunks along ``member``),
+  :func:`set_flags`, :func:`repair_arrays`;
 * **completed members**: :func:`completed_members`, :func:`unreadable_chunks`;
 * **open for reading**: :func:`open_store` (lazy xarray), :func:`field_variables`, :func:`read_meta`;
   :func:`export_netcdf` writes a finished store to one netCDF file;
@@ -35,6 +38,8 @@ import os
 import shutil
 import socket
 import warnings
+from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,9 @@ from .store import CONVENTIONS
 
 __all__ = [
     "ATTR",
+    "CONDITION_ATTR",
     "CONVENTIONS",
+    "ConditionAxis",
     "FLAG_ARRAYS",
     "FORMAT_VERSION",
     "MEMBER_ATTRS",
@@ -61,6 +68,7 @@ __all__ = [
     "field_variables",
     "is_zarr",
     "open_store",
+    "read_conditioning",
     "read_identity",
     "read_meta",
     "remove_stale_asides",
@@ -74,6 +82,8 @@ __all__ = [
 #: root attribute holding the JSON description of an ensemble store
 ATTR = "sciencegen_ensemble"
 FORMAT_VERSION = 1
+#: root attribute of a conditional ensemble: JSON of its conditioning (docs/generate.md, "Conditional ensembles")
+CONDITION_ATTR = "sciencegen_conditioning"
 #: per-member arrays beside the fields
 FLAG_ARRAYS = ("rounds", "nfe", "complete")
 #: CF attributes of the ``member`` coordinate (a ``realization`` index is a pure number: CF asks for no units)
@@ -123,6 +133,17 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         raise StoreError(f"{path} is corrupt: its {ATTR} attribute is not valid JSON; move it away and rerun") from None
     return meta if isinstance(meta, dict) else None
+
+
+def read_conditioning(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The :data:`CONDITION_ATTR` description of a conditional ensemble store (None: unconditional or foreign)."""
+    import zarr
+
+    try:
+        text = zarr.open_group(str(path), mode="r").attrs.get(CONDITION_ATTR)
+        return json.loads(text) if text else None
+    except Exception:
+        return None
 
 
 def read_identity(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -199,9 +220,46 @@ def chunk_ranges(members: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, members)) for a in range(0, members, chunk)]
 
 
+@dataclass
+class ConditionAxis:
+    """The ``condition`` (and ``lead_time``) axes of a conditional ensemble store (docs/generate.md).
+
+    Attributes
+    ----------
+    count
+        Conditions (cases) in the store.
+    coords
+        The source's sample coordinates along ``condition``: ``{name: (values, attrs)}`` (e.g. ``time``).
+    inputs, statics
+        Per-condition inputs as the model saw them (physical units) ``{"input_<name>": attrs}``; static ones
+        ``{"input_static_<name>": (values on the field dims, attrs)}``.
+    truth
+        ``{"truth_<var>": attrs}`` where the truth is known (empty: unknown, e.g. a user's condition file).
+    lead_times, lead_attrs
+        Rollouts: lead times ``1..lead_times`` (``None``: no ``lead_time`` dim), the coordinate's attributes.
+    description
+        The JSON of the root attribute :data:`CONDITION_ATTR`.
+    """
+
+    count: int
+    coords: dict[str, tuple[np.ndarray, dict]] = field(default_factory=dict)
+    inputs: dict[str, dict] = field(default_factory=dict)
+    statics: dict[str, tuple[np.ndarray, dict]] = field(default_factory=dict)
+    truth: dict[str, dict] = field(default_factory=dict)
+    lead_times: int | None = None
+    lead_attrs: dict[str, Any] = field(default_factory=dict)
+    description: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lead(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """``(dims, shape)`` of the lead-time axis: ``(("lead_time",), (L,))`` or empty."""
+        return (("lead_time",), (int(self.lead_times),)) if self.lead_times else ((), ())
+
+
 def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple[str, ...],
              field_shape: tuple[int, ...], members: int, chunk: int, *, coords: dict[str, Any] | None = None,
-             var_attrs: dict[str, dict] | None = None, attrs: dict[str, Any] | None = None) -> xr.Dataset:
+             var_attrs: dict[str, dict] | None = None, attrs: dict[str, Any] | None = None,
+             conditions: ConditionAxis | None = None) -> xr.Dataset:
     """The layout of an ensemble store as a lazy (Dask, all zeros) dataset, for :func:`create_store`.
 
     Parameters
@@ -210,34 +268,77 @@ def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple
         The store's description (``format``, ``identity``, ``chunk``, ``batch_size``, ``store_id``), written
         as JSON into the root attribute :data:`ATTR`.
     variables, field_dims, field_shape
-        One float32 field per variable on ``(member, *field_dims)``.
+        One float32 field per variable on ``(member, *field_dims)`` (conditional:
+        ``(condition, member, [lead_time,] *field_dims)``).
     members, chunk
-        Members in the store and members per Zarr chunk.
+        Members in the store (per condition) and members per Zarr chunk.
     coords
         Coordinates of the field dims (``{dim: (dim, values, attrs)}``); ``member`` gets :data:`MEMBER_ATTRS`.
     var_attrs
         Attributes per variable (units, long_name, ...).
     attrs
         Further root attributes; ``Conventions`` is :data:`CONVENTIONS`, as in the prepared dataset stores.
+    conditions
+        A conditional ensemble's ``condition`` axis (``truth_*``, ``input_*``, the ``lead_time`` dim, the root
+        attribute :data:`CONDITION_ATTR`); ``None``: the unconditional layout.
     """
     import dask.array as da
 
-    shape = (members, *field_shape)
     var_attrs = var_attrs or {}
+    lead_dims, lead_shape = conditions.lead if conditions else ((), ())
+    outer = ("condition", "member") if conditions else ("member",)
+    oshape, ochunk = ((conditions.count, members), (1, chunk)) if conditions else ((members,), (chunk,))
+    shape = (*oshape, *lead_shape, *field_shape)
     data: dict[str, Any] = {}
     for v in variables:
-        data[v] = (("member", *field_dims), da.zeros(shape, chunks=(chunk, *field_shape), dtype="f4"),
-                   var_attrs.get(v, {}))
-    data["rounds"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+        data[v] = ((*outer, *lead_dims, *field_dims), da.zeros(shape, chunks=(*ochunk, *lead_shape, *field_shape),
+                                                               dtype="f4"), var_attrs.get(v, {}))
+    if conditions:
+        data.update(_condition_arrays(conditions, field_dims, field_shape))
+    data["rounds"] = (outer, da.zeros(oshape, chunks=ochunk, dtype="i4"),
                       {"long_name": "sequential denoiser rounds of the batch that produced the member"})
-    data["nfe"] = (("member",), da.zeros(members, chunks=chunk, dtype="i4"),
+    data["nfe"] = (outer, da.zeros(oshape, chunks=ochunk, dtype="i4"),
                    {"long_name": "denoiser evaluations spent on the member"})
-    data["complete"] = (("member",), da.zeros(members, chunks=chunk, dtype=bool),
-                        {"long_name": "member written completely (select with ds.sel(member=ds.complete.values))"})
+    select = "ds.where(ds.complete)" if conditions else "ds.sel(member=ds.complete.values)"
+    data["complete"] = (outer, da.zeros(oshape, chunks=ochunk, dtype=bool),
+                        {"long_name": f"member written completely (select with {select})"})
     coords = dict(coords or {})
     coords["member"] = ("member", np.arange(members), dict(MEMBER_ATTRS))
     root = {ATTR: json.dumps(meta, sort_keys=True, default=str), "Conventions": CONVENTIONS, **(attrs or {})}
+    if conditions:
+        coords.update(_condition_coords(conditions))
+        root[CONDITION_ATTR] = json.dumps(conditions.description, default=str)  # in order: inputs are channels
     return xr.Dataset(data, coords=coords, attrs=root)
+
+
+def _condition_arrays(axis: ConditionAxis, field_dims: tuple[str, ...], field_shape: tuple[int, ...]
+                      ) -> dict[str, Any]:
+    """``truth_*`` (condition, [lead_time,] *field), ``input_*`` (condition, *field) lazily; statics as values."""
+    import dask.array as da
+
+    lead_dims, lead_shape = axis.lead
+    out: dict[str, Any] = {}
+    for name, a in axis.truth.items():
+        out[name] = (("condition", *lead_dims, *field_dims),
+                     da.zeros((axis.count, *lead_shape, *field_shape), chunks=(1, *lead_shape, *field_shape),
+                              dtype="f4"), a)
+    for name, a in axis.inputs.items():
+        out[name] = (("condition", *field_dims),
+                     da.zeros((axis.count, *field_shape), chunks=(1, *field_shape), dtype="f4"), a)
+    for name, (values, a) in axis.statics.items():
+        out[name] = (field_dims, np.asarray(values, dtype=np.float32), a)
+    return out
+
+
+def _condition_coords(axis: ConditionAxis) -> dict[str, Any]:
+    """``condition`` (0..C-1), the source's sample coordinates along it, and ``lead_time`` (1..L)."""
+    out: dict[str, Any] = {"condition": ("condition", np.arange(axis.count),
+                                         {"long_name": "condition (case) of the ensemble"})}
+    for name, (values, a) in axis.coords.items():
+        out[name] = ("condition", np.asarray(values), a)
+    if axis.lead_times:
+        out["lead_time"] = ("lead_time", np.arange(1, int(axis.lead_times) + 1), dict(axis.lead_attrs))
+    return out
 
 
 def discard_store(path: Path) -> None:
@@ -310,7 +411,8 @@ def _encoding(template: xr.Dataset, variables: tuple[str, ...]) -> dict[str, dic
     # zstd with its content checksum: a flipped bit in a chunk fails to decode instead of reading as other numbers
     import zarr
 
-    enc: dict[str, dict[str, Any]] = {v: {"_FillValue": np.float32("nan")} for v in variables}
+    conditional = [str(v) for v in template.data_vars if str(v).startswith(("truth_", "input_"))]
+    enc: dict[str, dict[str, Any]] = {v: {"_FillValue": np.float32("nan")} for v in (*variables, *conditional)}
     enc["complete"] = {"fill_value": False}
     for v in ("rounds", "nfe"):
         enc[v] = {"_FillValue": np.int32(0)}
@@ -339,12 +441,19 @@ def repair_arrays(path: Path, template: xr.Dataset, variables: tuple[str, ...]) 
         part.drop_vars(list(part.coords)).to_zarr(
             str(path), mode="a", compute=False, consolidated=False, encoding={k: enc[k] for k in missing if k in enc})
     if any(v != "complete" for v in missing):
-        set_flags(str(path), 0, int(template.sizes["member"]), False)
+        if "condition" in template.dims:
+            zarr.open_array(str(path), path="complete", mode="r+")[...] = False
+        else:
+            set_flags(str(path), 0, int(template.sizes["member"]), False)
     return missing
 
 
-def completed_members(path: str | os.PathLike, members: int | None = None) -> np.ndarray:
-    """The ``complete`` flag of every member (a missing array or unreadable chunks count as incomplete)."""
+def completed_members(path: str | os.PathLike, members: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """The ``complete`` flag of every member (a missing array or unreadable chunks count as incomplete).
+
+    ``(member,)`` for an unconditional store, ``(condition, member)`` for a conditional one; ``members`` (an
+    int, or that shape) is the shape to return when the array is missing (``None``: raise then).
+    """
     import zarr
 
     try:
@@ -353,29 +462,39 @@ def completed_members(path: str | os.PathLike, members: int | None = None) -> np
         if members is None:
             raise
         return np.zeros(members, dtype=bool)
-    n = arr.shape[0] if members is None else members
-    out = np.zeros(n, dtype=bool)
-    step = int(arr.chunks[0])
-    for a in range(0, n, step):
+    shape = tuple(arr.shape) if members is None else (members,) if isinstance(members, int) else tuple(members)
+    out = np.zeros(shape, dtype=bool)
+    steps = [int(c) for c in arr.chunks]
+    for corner in product(*(range(0, n, s) for n, s in zip(shape, steps, strict=True))):
+        region = tuple(slice(a, min(a + s, n)) for a, s, n in zip(corner, steps, shape, strict=True))
         with contextlib.suppress(Exception):
-            out[a:a + step] = np.asarray(arr[a:min(a + step, n)], dtype=bool)
+            out[region] = np.asarray(arr[region], dtype=bool)
     return out
 
 
-def set_flags(path: str, start: int, stop: int, value: bool) -> None:
-    """Set the ``complete`` flags of members ``start..stop-1``."""
+def set_flags(path: str, start: int, stop: int, value: bool, condition: int | None = None) -> None:
+    """Set the ``complete`` flags of members ``start..stop-1`` (of ``condition`` in a conditional store)."""
     import zarr
 
-    zarr.open_array(path, path="complete", mode="r+")[start:stop] = np.full(stop - start, value, dtype=bool)
+    where = _region(condition, start, stop)
+    zarr.open_array(path, path="complete", mode="r+")[where] = np.full(stop - start, value, dtype=bool)
+
+
+def _region(condition: int | None, start: int, stop: int) -> tuple[Any, ...]:
+    """The index of members ``start..stop-1`` (of ``condition``) in the per-member arrays."""
+    return (slice(start, stop),) if condition is None else (condition, slice(start, stop))
 
 
 def write_chunk(path: str, store_id: str | None, start: int, stop: int, fields_: dict[str, np.ndarray],
-                rounds: np.ndarray, nfe: np.ndarray) -> int:
+                rounds: np.ndarray, nfe: np.ndarray, condition: int | None = None,
+                case: dict[str, np.ndarray] | None = None) -> int:
     """Write one chunk of members: data first, then their completion flags. Returns the bytes of data.
 
     The store's ``store_id`` is checked before the data and again before the flags, so a store replaced
     under this job is never written into nor marked complete. Straight into the Zarr arrays the template
-    created (xarray's region writes cost several times more Python time per chunk).
+    created (xarray's region writes cost several times more Python time per chunk). In a conditional store
+    the members are those of ``condition``, and ``case`` (its ``input_*`` and ``truth_*`` arrays; every chunk
+    of the condition writes the same bytes) goes first, so no member is flagged without them.
 
     Raises
     ------
@@ -384,44 +503,50 @@ def write_chunk(path: str, store_id: str | None, start: int, stop: int, fields_:
     """
     import zarr
 
+    where = _region(condition, start, stop)
     _check_owner(path, store_id)
     try:
         group = zarr.open_group(path, mode="r+", use_consolidated=False)
+        for name, a in (case or {}).items():
+            group[name][condition] = a
         for v, a in fields_.items():
-            group[v][start:stop] = a
-        group["rounds"][start:stop] = rounds.astype(np.int32)
-        group["nfe"][start:stop] = nfe.astype(np.int32)
+            group[v][where] = a
+        group["rounds"][where] = rounds.astype(np.int32)
+        group["nfe"][where] = nfe.astype(np.int32)
         _check_owner(path, store_id)
-        group["complete"][start:stop] = np.ones(stop - start, dtype=bool)  # last: the members are now on disk
+        group["complete"][where] = np.ones(stop - start, dtype=bool)  # last: the members are now on disk
     except (OSError, KeyError):  # the store vanished under the write: say so, not which temp file failed
         _check_owner(path, store_id)
         raise
     return int(sum(a.nbytes for a in fields_.values()))
 
 
-def unreadable_chunks(path: Path, ranges: list[tuple[int, int]], chunks: list[int],
+def unreadable_chunks(path: Path, ranges: list[tuple[int, ...]], chunks: list[int],
                       variables: tuple[str, ...]) -> dict[int, str]:
     """Chunks among ``chunks`` whose bytes cannot be decoded, or whose fields are not finite: ``{chunk: why}``.
 
-    Reads every listed chunk of every field and cost array once (``generate.verify=true``).
+    ``ranges[k]`` is chunk ``k``'s ``(start, stop)`` of members, or ``(condition, start, stop)`` in a
+    conditional store (whose condition's ``input_*`` and ``truth_*`` must decode too). Reads every listed
+    chunk of every field and cost array once (``generate.verify=true``).
     """
     import zarr
 
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    extra = [k for k in group.array_keys() if k.startswith(("truth_", "input_")) and not k.startswith("input_static_")]
     bad: dict[int, str] = {}
     for c in chunks:
-        a, b = ranges[c]
-        for name in (*variables, "rounds", "nfe"):
+        cond, a, b = ranges[c] if len(ranges[c]) == 3 else (None, *ranges[c])
+        where = _region(cond, a, b)
+        for name in (*variables, "rounds", "nfe", *(extra if cond is not None else ())):
             try:
-                values = np.asarray(group[name][a:b])
+                values = np.asarray(group[name][where if name not in extra else cond])
             except Exception as exc:  # truncated or garbled chunk file: any codec error
                 bad[c] = f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 break
-            if name in variables and not np.isfinite(values).all():
+            if (name in variables or name.startswith("input_")) and not np.isfinite(values).all():
                 bad[c] = f"{name}: missing or non-finite values in members flagged complete"
                 break
     return bad
-
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -453,7 +578,8 @@ def export_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     ds = xr.open_zarr(str(path))
     # the flags through completed_members: older stores carry a CF _FillValue on them, which xarray
     # decodes as NaN (truthy) for every False
-    if not completed_members(path, int(ds.sizes["member"])).all():
+    shape = tuple(int(ds.sizes[d]) for d in ("condition", "member") if d in ds.dims)
+    if not completed_members(path, shape).all():
         raise StoreError(f"{path} is not complete: finish the ensemble before exporting it to netCDF")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     enc = {v: {"zlib": True, "complevel": 1} for v in ds.data_vars if ds[v].dtype.kind == "f"}

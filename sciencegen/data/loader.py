@@ -59,12 +59,24 @@ def _statistics(path: str, variables: Sequence[str]) -> tuple[np.ndarray, np.nda
     return mean, std
 
 
+def _static(path: str, names: list[str], field_dims: Sequence[str]) -> np.ndarray | None:
+    """The static fields ``names`` of a store, normalised by their statistics: ``(S, *field)`` float64."""
+    if not names:
+        return None
+    mean, std = _statistics(path, names)
+    with open_lazily(path) as ds:
+        values = [np.asarray(ds[n].transpose(*field_dims).values, dtype=np.float64) for n in names]
+    return np.stack([(v - m) / s for v, m, s in zip(values, mean, std, strict=True)])
+
+
 def from_store(path: str | os.PathLike, *, batch_size: int, split: str = "train", holdout: float = 0.1,
                **kw: Any) -> FieldStream:
     """A :class:`FieldStream` over a prepared store, configured from the store itself.
 
     Variables and sample dims come from the root attribute ``sciencegen_dataset``, mean and std from the
-    ``statistics`` group.
+    ``statistics`` group. On a conditional store (metadata key ``conditioning``) the stream yields
+    ``(target, cond)`` tuples: ``target`` the target variables, ``cond`` the ``input_*`` variables then the
+    ``static_*`` fields broadcast over the batch, each normalised by its own statistics.
 
     Parameters
     ----------
@@ -104,6 +116,11 @@ def from_store(path: str | os.PathLike, *, batch_size: int, split: str = "train"
     unknown = [v for v in variables if v not in meta["variables"]]
     if unknown:
         raise ValueError(f"{path}: unknown variable(s) {unknown}; the dataset has {meta['variables']}")
+    cond = meta.get("conditioning") or {}
+    if cond and "targets" not in kw:
+        kw["targets"] = len(variables)
+        variables += list(cond.get("inputs") or {})
+        kw.setdefault("static", _static(path, list(cond.get("static") or {}), meta["field_dims"]))
     if "mean" in kw and "std" in kw:
         mean, std = kw.pop("mean"), kw.pop("std")
     else:

@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import xarray as xr
+
 from ..config import instantiate, plain
+from .conditioning import build_inputs, make_kinds, needed_variables
 from .fields import DataError, human_bytes
 from .sources import FieldSource
 from .store import PreparedData, store_bytes, write_prepared
@@ -26,6 +29,11 @@ __all__ = ["NOT_DATA_KEYS", "dataset_config", "dataset_identity", "default_store
 
 #: dataset keys that do not change the data: left out of a store's identity (its name hash and recorded config)
 NOT_DATA_KEYS = ("max_gb",)
+#: keys added after stores were first prepared, left out of the identity at the value that means "as before"
+#: (so those stores keep their names): ``conditioning: null`` (unconditional), ``ar: null`` (independent samples)
+NEUTRAL_KEYS = {"conditioning": None, "ar": None}
+#: keys that matter only when another key is set: ``length`` (steps per trajectory) only with ``ar``
+ONLY_WITH = {"length": "ar"}
 
 
 def dataset_config(cfg_dataset: Any) -> dict[str, Any]:
@@ -45,8 +53,12 @@ def dataset_config(cfg_dataset: Any) -> dict[str, Any]:
 
 
 def dataset_identity(cfg_dataset: Any) -> dict[str, Any]:
-    """The dataset config without the keys that do not change the data (:data:`NOT_DATA_KEYS`)."""
-    return {k: v for k, v in dataset_config(cfg_dataset).items() if k not in NOT_DATA_KEYS}
+    """The dataset config without the keys that do not change the data (:data:`NOT_DATA_KEYS`, :data:`NEUTRAL_KEYS`
+    at their neutral value, :data:`ONLY_WITH` keys whose key is unset)."""
+    conf = dataset_config(cfg_dataset)
+    neutral = {k for k, v in NEUTRAL_KEYS.items() if k in conf and conf[k] == v}
+    neutral |= {k for k, other in ONLY_WITH.items() if k in conf and conf.get(other) is None}
+    return {k: v for k, v in conf.items() if k not in NOT_DATA_KEYS and k not in neutral}
 
 
 def default_store_path(cfg_dataset: Any, data_root: str | os.PathLike) -> Path:
@@ -59,18 +71,23 @@ def default_store_path(cfg_dataset: Any, data_root: str | os.PathLike) -> Path:
 def make_source(cfg_dataset: Any) -> FieldSource:
     """Instantiate the dataset config's ``_target_``; config mistakes become one-line :class:`DataError`.
 
+    The ``conditioning`` key is not passed to the source (:func:`prepare` applies it to the source's data); the
+    variables its kinds read beyond ``dataset.variables`` are set as the source's :attr:`FieldSource.keep`.
+
     Parameters
     ----------
     cfg_dataset
         The ``dataset`` config group (with ``_target_``), or a mapping.
     """
     conf = dataset_config(cfg_dataset)
+    conditioning = conf.pop("conditioning", None)
     if "_target_" not in conf:
         raise DataError("dataset config has no _target_ (pick one with dataset=grf|kolmogorov|netcdf|zarr)")
     name = conf.get("name")
     source = instantiate(conf, f"dataset ({name})" if name else "dataset", error=DataError)
     if not isinstance(source, FieldSource):
         raise DataError(f"dataset._target_ {conf['_target_']} is not a sciencegen FieldSource")
+    source.keep = needed_variables(conditioning)
     return source
 
 
@@ -98,13 +115,18 @@ def prepare(cfg_dataset: Any, path: str | os.PathLike | None = None, *, data_roo
     source = make_source(conf)
     path = Path(path) if path else default_store_path(conf, data_root)
     ds, spec, label = source.open(progress=progress)
+    cond = None
+    if make_kinds(conf.get("conditioning")):
+        made = build_inputs(conf["conditioning"], ds, spec, label=label)
+        ds = xr.merge([made.targets, *made.inputs.values(), *made.static.values()], combine_attrs="override")
+        spec, cond = made.spec, made.meta
     # generators run torch inside their tasks (threaded already): one task at a time
     scheduler = "synchronous" if source.generated else None
     with dask.config.set(scheduler=scheduler) if scheduler else contextlib.nullcontext():
         return write_prepared(ds, spec, path, name=source.name, config=dataset_identity(conf), label=label,
                               overwrite=overwrite, dtype=dtype, chunk_mb=chunk_mb, chunks=source.chunks(),
                               nonfinite=source.nonfinite, check_input=not source.generated, progress=progress,
-                              extra_attrs=source.attrs(), max_gb=source.max_gb)
+                              extra_attrs=source.attrs(), max_gb=source.max_gb, conditioning=cond)
 
 
 def summary(p: PreparedData, seconds: float | None = None) -> str:
@@ -125,6 +147,12 @@ def summary(p: PreparedData, seconds: float | None = None) -> str:
     field = " x ".join(f"{d}={ds.sizes[d]}" for d in spec.field_dims)
     per = [d for d in spec.field_dims if spec.periodic.get(d)]
     lines.append(f"  samples: {p.samples} ({samples})   field: {field}   periodic: {', '.join(per) or 'none'}")
+    cond = p.meta.get("conditioning")
+    if cond:
+        state = cond.get("state")
+        pairs = f"   pairs: target = {state['dim']} + {state['lag']}" if state else ""
+        lines.append(f"  targets: {', '.join(spec.variables)}   inputs: {', '.join(cond.get('inputs') or {}) or 'none'}"
+                     f"   static: {', '.join(cond.get('static') or {}) or 'none'}{pairs}")
     chunks = ds[spec.variables[0]].encoding.get("chunks") or ds[spec.variables[0]].data.chunksize
     lines.append("  chunks: " + ", ".join(f"{d}={c}" for d, c in zip(ds[spec.variables[0]].dims, chunks, strict=False)))
     header = f"  {'variable':<14}{'units':<12}{'dtype':<9}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}{'finite':>12}"

@@ -42,6 +42,9 @@ class FieldSource:
     generated: bool = False
     #: inputs larger than this many GB are refused before anything is read (``None``: no limit)
     max_gb: float | None = None
+    #: further variables to keep beside the dataset's (a conditioning's inputs and static variables); set by
+    #: :func:`~sciencegen.data.prepare.make_source`; a source that has them keeps them in :meth:`open`
+    keep: tuple[str, ...] = ()
 
     def __init__(self, name: str, nonfinite: str = "error"):
         if nonfinite not in NONFINITE_POLICIES:
@@ -90,7 +93,8 @@ class _UserSource(FieldSource):
         spec = resolve_spec(ds, self.variables, self.sample_dims, self.field_dims, self.periodic, label)
         # Dask chunks of bounded size along the sample dims, so no task ever reads a whole variable
         itemsize = max(ds[v].dtype.itemsize for v in spec.variables)
-        ds = ds[list(spec.variables)].chunk(choose_chunks(ds, spec, 8.0, itemsize))
+        extra = [v for v in self.keep if v in ds.data_vars and v not in spec.variables]
+        ds = ds[[*spec.variables, *extra]].chunk(choose_chunks(ds, spec, 8.0, itemsize))
         return ds, spec, label
 
 

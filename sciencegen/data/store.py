@@ -2,18 +2,17 @@
 
 Layout of a store written by :func:`write_prepared`:
 
-* root: the data variables (float32 by default) on ``sample dims + field dims``, chunked along
-  the sample dims only, with their coordinates and attributes; root attribute
-  ``sciencegen_dataset`` is a JSON string (name, variables, sample/field dims, periodicity,
-  the dataset config, version, ``complete``), plus ``Conventions`` and ``history``;
-* group ``statistics``: ``mean``, ``std``, ``min``, ``max``, ``count`` over dim ``variable``
-  (order in its attribute ``variables``), opened with ``xr.open_zarr(path, group="statistics")``.
+* root: the data variables (float32 by default) on ``sample dims + field dims``, chunked along the sample dims
+  only (a conditional dataset adds ``input_*`` beside them and ``static_*`` on the field dims); root attribute
+  ``sciencegen_dataset`` is a JSON string (name, variables, sample/field dims, periodicity, the dataset config,
+  version, ``complete``, ``conditioning``), plus ``Conventions`` and ``history``;
+* group ``statistics``: ``mean``, ``std``, ``min``, ``max``, ``count`` over dim ``variable`` (order in its
+  attribute ``variables``: targets, inputs, statics), opened with ``xr.open_zarr(path, group="statistics")``.
 
-A store is written into a hidden sibling directory ``.NAME.tmp-HOST-PID`` and renamed into place only
-when complete, so a crash or bad input never leaves a half-written dataset at the output path. A
-disk-full or read-only output, or SIGINT / SIGTERM, removes that directory and ends with one line;
-the folders of writers that were killed (``kill -9``, a node failure) are removed by the next run
-on the same host (:func:`remove_stale_temps`).
+A store is written into a hidden sibling directory ``.NAME.tmp-HOST-PID`` and renamed into place only when
+complete, so a crash or bad input never leaves a half-written dataset at the output path. A disk-full or
+read-only output, or SIGINT / SIGTERM, removes that directory and ends with one line; the folders of writers that
+were killed (``kill -9``, a node failure) are removed by the next run on the same host (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -104,13 +103,13 @@ class PreparedData:
 
     @property
     def mean(self) -> np.ndarray:
-        """Per-variable mean in channel order."""
-        return np.asarray(self.stats["mean"].values, dtype=float)
+        """Per-variable mean in channel order (the target variables; a condition channel's: ``stats``)."""
+        return np.asarray(self.stats["mean"].sel(variable=list(self.spec.variables)).values, dtype=float)
 
     @property
     def std(self) -> np.ndarray:
-        """Per-variable standard deviation in channel order."""
-        return np.asarray(self.stats["std"].values, dtype=float)
+        """Per-variable standard deviation in channel order (the target variables)."""
+        return np.asarray(self.stats["std"].sel(variable=list(self.spec.variables)).values, dtype=float)
 
     @property
     def field_shape(self) -> tuple[int, ...]:
@@ -179,13 +178,13 @@ def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
-
 def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, name: str,
                    config: Mapping[str, Any], label: str = "dataset", overwrite: bool = False,
                    dtype: str = "float32", chunk_mb: float = 8.0, chunks: Mapping[str, int] | None = None,
                    nonfinite: str = "error", check_input: bool = True, progress: bool = False,
-                   extra_attrs: Mapping[str, Any] | None = None, max_gb: float | None = None) -> PreparedData:
-    """Write ``ds[spec.variables]`` as a prepared store with statistics, atomically.
+                   extra_attrs: Mapping[str, Any] | None = None, max_gb: float | None = None,
+                   conditioning: Mapping[str, Any] | None = None) -> PreparedData:
+    """Write ``ds[spec.variables]`` (and a conditional dataset's inputs and statics) as a prepared store, atomically.
 
     Parameters
     ----------
@@ -218,6 +217,8 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
         Attributes added to the root (e.g. generator parameters).
     max_gb
         Refuse, before reading anything, an input larger than this many GB (``dataset.max_gb``); ``None``: no limit.
+    conditioning
+        A conditional dataset's metadata (``build_inputs``): its ``inputs`` and ``static`` variables are written too.
 
     Raises
     ------
@@ -239,21 +240,25 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
     reused = _reuse_or_refuse(path, config, overwrite)
     if reused is not None:
         return reused
-    out = ds[list(spec.variables)].transpose(*spec.sample_dims, *spec.field_dims)
+    cond = conditioning or {}  # the variables on sample dims (targets, inputs), then those on the field dims only
+    sampled = FieldSpec((*spec.variables, *cond.get("inputs", {})), spec.sample_dims, spec.field_dims, spec.periodic)
+    names = [*sampled.variables, *cond.get("static", {})]
+    out = ds[names].transpose(*spec.sample_dims, *spec.field_dims)
     # keep only coordinates on our dims
     dims = set(spec.sample_dims) | set(spec.field_dims)
     out = out.drop_vars([c for c in out.coords if not set(out[c].dims) <= dims])
-    _check_size(out, spec, label, max_gb, log_reads=check_input)
+    _check_size(out, sampled, label, max_gb, log_reads=check_input)
 
     def work(stop: StopRequest, tmp: Path) -> None:
-        data = _finish_input(out, spec, label, nonfinite, dtype, chunk_mb, chunks, check_input, progress)
-        data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs)
-        _check_space(data, spec, path)
+        data = _finish_input(out, sampled, label, nonfinite, dtype, chunk_mb, chunks, check_input, progress)
+        data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs, conditioning)
+        _check_space(data, sampled, path)
         _stop_point(stop)
         with progress_bar(progress, f"writing {path.name}"):
             data.to_zarr(tmp, mode="w", consolidated=False)
         _stop_point(stop)
-        _complete(tmp, spec, label, nonfinite, progress, json.loads(data.attrs[ATTR]))
+        _complete(tmp, FieldSpec(tuple(names), spec.sample_dims, spec.field_dims), label, nonfinite, progress,
+                  json.loads(data.attrs[ATTR]))
         _stop_point(stop)
         _swap_into_place(tmp, path)
 
@@ -300,7 +305,7 @@ def _finish_input(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: str, 
     """The data as written: NaN/Inf policy applied, float32, without backend encodings, chunked along the samples."""
     if check_input:
         out = _apply_nonfinite(out, spec, label, nonfinite, progress)
-    for v in spec.variables:
+    for v in out.data_vars:
         if dtype == "float32" or not np.issubdtype(out[v].dtype, np.floating):
             out[v] = out[v].astype("float32")
     out = _clean_encoding(out.copy())
@@ -311,7 +316,7 @@ def _finish_input(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: str, 
                 raise DataError(f"output.chunks names {d!r}, which is not a sample dim {list(spec.sample_dims)}")
             size[d] = max(1, min(int(c), out.sizes[d]))
     out = out.chunk({d: size[d] for d in out.dims if d in size})
-    for v in spec.variables:
+    for v in out.data_vars:
         out[v].encoding["chunks"] = tuple(size[d] for d in out[v].dims)
     return out
 
@@ -339,7 +344,8 @@ def _apply_nonfinite(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: st
 
 
 def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str, Any], label: str,
-                nonfinite: str, extra_attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+                nonfinite: str, extra_attrs: Mapping[str, Any] | None,
+                conditioning: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Root attributes: the input's, CF ``Conventions``, a ``history`` line and our metadata (``complete: false``)."""
     from .. import __version__
 
@@ -351,6 +357,8 @@ def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str
     attrs["history"] = f"{attrs['history']}\n{line}" if attrs.get("history") else line
     meta = {"format": FORMAT, "name": name, **spec.as_dict(), "config": dict(config), "version": __version__,
             "created": now, "source": label, "nonfinite": nonfinite, "complete": False}
+    if conditioning:
+        meta["conditioning"] = dict(conditioning)
     attrs[ATTR] = json.dumps(meta)
     return attrs
 
@@ -375,9 +383,8 @@ def _complete(tmp: Path, spec: FieldSpec, label: str, nonfinite: str, progress: 
 
     written = xr.open_zarr(tmp, consolidated=False)
     stats = compute_statistics(written, spec, progress)
-    expected = int(np.prod([written.sizes[d] for d in spec.sample_dims + spec.field_dims]))
     for i, v in enumerate(spec.variables):
-        n = int(stats["count"].values[i])
+        n, expected = int(stats["count"].values[i]), int(written[v].size)
         if nonfinite == "error" and n != expected:
             raise DataError(f"{label}: variable {v!r} has {expected - n} NaN/Inf values after writing "
                             "(generator blew up?); nothing was kept")

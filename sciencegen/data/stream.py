@@ -14,6 +14,9 @@
   (``buffer_chunks`` chunks, as read) plus the batch being filled (batches handed out are the
   consumer's); the samples are gathered from the group straight into the batch and normalised there.
 * **Normalisation** on the fly: ``(x - mean[c]) / std[c]``, then NaN (masked values) → ``nan_fill``.
+* **Conditions** (``targets=N``): the first ``N`` variables are targets, the others condition inputs read from
+  the same chunks; each batch is split into ``(target, cond)``, ``cond`` ending with the ``static`` channels
+  broadcast over the batch. Without ``targets`` (the default) batches are tensors, as they always were.
 * **Split**: chunk-aligned train/validation split; the last ``ceil(holdout * n_chunks)`` chunks in store
   order (the end of the leading sample dim: held out in time for a time series) are validation.
 * **Sharding**: the epoch's chunk order is dealt to the ranks (``order[rank::world_size]``) and, within
@@ -131,6 +134,21 @@ def _check_options(variables: tuple[str, ...], sample_dims: tuple[str, ...], bat
         raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
 
 
+def _condition_options(targets: int | None, static: Any, channels: int, field_shape: tuple[int, ...],
+                       dtype: np.dtype) -> tuple[int | None, np.ndarray]:
+    """``(targets, static)`` checked: ``1 <= targets <= channels``, ``static`` ``(S, *field_shape)``."""
+    if targets is None:
+        if static is not None and len(static):
+            raise ValueError("static channels need targets= (the number of target variables)")
+        return None, np.zeros((0, *field_shape), dtype)
+    if int(targets) != targets or not 1 <= targets <= channels:
+        raise ValueError(f"targets must be an integer in [1, {channels}] (the variables), got {targets!r}")
+    arr = np.zeros((0, *field_shape), dtype) if static is None else np.asarray(static, dtype=dtype)
+    if arr.shape[1:] != tuple(field_shape):
+        raise ValueError(f"static has shape {arr.shape}; need (S, {', '.join(map(str, field_shape))})")
+    return int(targets), np.ascontiguousarray(arr)
+
+
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """``(rank, world_size)`` as given, or from :mod:`torch.distributed` when both are ``None`` (else 0 and 1)."""
     if rank is None and world_size is None:
@@ -186,6 +204,13 @@ class FieldStream(IterableDataset):
         Dtype of the batches.
     buffer_chunks
         Chunks shuffled together (>= 1): memory per reader is about this many chunks.
+    targets
+        ``None`` (default): batches are tensors ``(B, C, *field)``. An integer ``N``: the first ``N`` variables are
+        the targets and the rest per-sample condition inputs; batches are ``(target, cond)`` tuples,
+        ``target`` ``(B, N, *field)`` and ``cond`` ``(B, C - N + S, *field)``: the inputs, then ``static``.
+    static
+        ``(S, *field)`` static condition channels appended to every item's ``cond`` as given (normalise them
+        first); only with ``targets``.
 
     Raises
     ------
@@ -199,7 +224,8 @@ class FieldStream(IterableDataset):
                  std: Sequence[float] | Mapping[str, float] | np.ndarray, *, batch_size: int,
                  shuffle: bool | None = None, seed: int = 0, split: str = "all", holdout: float = 0.0,
                  drop_last: bool = False, nan_fill: float = 0.0, rank: int | None = None,
-                 world_size: int | None = None, dtype: torch.dtype = torch.float32, buffer_chunks: int = 4):
+                 world_size: int | None = None, dtype: torch.dtype = torch.float32, buffer_chunks: int = 4,
+                 targets: int | None = None, static: np.ndarray | None = None):
         super().__init__()
         self.path = os.fspath(path)
         self.variables = (variables,) if isinstance(variables, str) else tuple(variables)
@@ -220,6 +246,8 @@ class FieldStream(IterableDataset):
         self.rank, self.world_size = _rank_and_world(rank, world_size)
         self._inspect()
         self.chunk_ids = self._split_chunks()
+        self.targets, self.static = _condition_options(targets, static, len(self.variables), self.field_shape,
+                                                       self._np_dtype)
         #: readers per rank assumed by ``len()`` (set by :func:`~sciencegen.data.loader.make_loader`)
         self.num_workers = 0
         self._epoch = multiprocessing.RawValue("q", 0)
@@ -348,8 +376,13 @@ class FieldStream(IterableDataset):
 
     @property
     def channels(self) -> int:
-        """Channels per sample (= number of variables)."""
-        return len(self.variables)
+        """Channels per sample (= number of variables; with ``targets``: the target channels)."""
+        return len(self.variables) if self.targets is None else self.targets
+
+    @property
+    def cond_channels(self) -> int:
+        """Condition channels per sample (inputs, then statics; 0 without ``targets``)."""
+        return 0 if self.targets is None else len(self.variables) - self.targets + len(self.static)
 
     def _order(self, epoch: int) -> np.ndarray:
         """The epoch's chunk order, padded or truncated to a multiple of ``world_size``."""
@@ -511,7 +544,12 @@ class FieldStream(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, self.rank, self.world_size, worker, num_workers])
         for batch in self._stream(chunks, budget, rng):
             t = torch.from_numpy(batch)
-            yield t if t.dtype == self.dtype else t.to(self.dtype)
+            t = t if t.dtype == self.dtype else t.to(self.dtype)
+            if self.targets is None:
+                yield t
+                continue
+            static = torch.from_numpy(self.static).to(self.dtype).unsqueeze(0).expand(len(t), *self.static.shape)
+            yield t[:, : self.targets].contiguous(), torch.cat([t[:, self.targets :], static], dim=1)
 
     def __repr__(self) -> str:
         return (f"FieldStream({self.path!r}, variables={list(self.variables)}, sample_dims={list(self.sample_dims)}, "

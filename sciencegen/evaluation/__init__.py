@@ -15,6 +15,11 @@
 * :mod:`~sciencegen.evaluation.metrics`: two streaming Dask passes, then the per-variable numbers;
 * :mod:`~sciencegen.evaluation.report`: ``metrics.json``'s content, ``report.md`` and the terminal summary.
 
+A conditional store (a ``condition`` dim) is scored against the truths it holds instead, by
+:func:`~sciencegen.evaluation.conditional_run.evaluate_conditional`: :mod:`~sciencegen.evaluation.cond_store` (the
+store), :mod:`~sciencegen.evaluation.baselines` (climatology, persistence, nearest, bicubic, the exact posterior),
+:mod:`~sciencegen.evaluation.conditional` (the scores) and :mod:`~sciencegen.evaluation.conditional_report`.
+
 The figures are drawn by :mod:`sciencegen.analysis.figures`. Everything shares
 :class:`~sciencegen.evaluation.common.Side` (one side of the comparison) and
 :class:`~sciencegen.evaluation.common.EvaluateError` (:mod:`~sciencegen.evaluation.common`).

@@ -163,7 +163,8 @@ def figure_writers(result: Mapping[str, Any], samples: Side, ref: Side, panels: 
     }
 
 
-def write_evaluation(result: dict[str, Any], out_dir: Path, figures: dict[str, Writer], t0: float) -> dict[str, Any]:
+def write_evaluation(result: dict[str, Any], out_dir: Path, figures: dict[str, Writer], t0: float,
+                     report: Callable[[Mapping[str, Any], Sequence[str]], str] = report_markdown) -> dict[str, Any]:
     """Complete ``result`` (``seconds``, ``figures``, ``output``), write the figures, ``report.md`` and
     ``metrics.json`` atomically (metrics last) and return the content of ``metrics.json``.
 
@@ -177,6 +178,8 @@ def write_evaluation(result: dict[str, Any], out_dir: Path, figures: dict[str, W
         ``{file name: writer(tmp_path)}`` (:func:`figure_writers`; empty: no figures).
     t0
         ``time.perf_counter()`` at the start of the evaluation.
+    report
+        Renders ``report.md`` from the result and the figure names (the conditional evaluation passes its own).
     """
     names = list(figures)
     result["seconds"] = time.perf_counter() - t0
@@ -185,7 +188,7 @@ def write_evaluation(result: dict[str, Any], out_dir: Path, figures: dict[str, W
                         "report": str(out_dir / "report.md"), "figures": [str(out_dir / f) for f in names]}
     clean = jsonable(result)
     writers = dict(figures)
-    writers["report.md"] = lambda p: p.write_text(report_markdown(clean, names))
+    writers["report.md"] = lambda p: p.write_text(report(clean, names))
     writers["metrics.json"] = lambda p: p.write_text(json.dumps(clean, indent=1) + "\n")
     write_outputs(out_dir, writers)
     return clean

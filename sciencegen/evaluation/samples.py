@@ -43,7 +43,8 @@ class Ensemble:
     ds
         The store opened lazily (Dask) with :func:`xarray.open_zarr`.
     complete
-        Per member: flagged complete (unreadable flag chunks count as incomplete).
+        Per member: flagged complete (unreadable flag chunks count as incomplete); over ``(condition, member)``
+        for a conditional store.
     meta
         The store's ``sciencegen_ensemble`` description (``None``: not written by ``sciencegen-generate``).
     variables
@@ -98,9 +99,10 @@ def open_ensemble(path: str | os.PathLike, what: str = "samples.path") -> Ensemb
     if not variables:
         raise EvaluateError(f"{what} {p} holds no field variable over (member, ...) (variables {list(ds.data_vars)})")
     n = int(ds.sizes["member"])
-    flags = np.ones(n, dtype=bool)
+    shape = (int(ds.sizes["condition"]), n) if "condition" in ds.dims else n  # conditional: (condition, member)
+    flags = np.ones(shape, dtype=bool)
     if "complete" in ds.data_vars and n:
-        flags = completed_members(p, n)  # unreadable chunks of the flags count as incomplete
+        flags = completed_members(p, shape)  # unreadable chunks of the flags count as incomplete
     return Ensemble(p, ds, flags, _store_meta(p, what), variables)
 
 

@@ -27,7 +27,7 @@ from ..models.build import build_model, is_oracle, load_model
 from ..models.meta import normalise
 from .plan import GenerateError
 
-__all__ = ["ModelInfo", "dataset_differences", "resolve_denoiser"]
+__all__ = ["CONDITIONING_KEYS", "ModelInfo", "dataset_differences", "resolve_denoiser"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ class ModelInfo:
     std: np.ndarray | None
     identity: dict[str, Any]
     label: str
+    #: a conditional model: its conditioning (``kinds``, ``inputs``, ``static``, ``state``) and the per-channel
+    #: mean/std that normalise its conditions (``None``: the oracle takes physical conditions)
+    conditioning: dict[str, Any] | None = None
+    cond_mean: np.ndarray | None = None
+    cond_std: np.ndarray | None = None
+    #: ``train.holdout`` of the training run (``None``: not trained)
+    holdout: float | None = None
 
 
 def _file_digest(path: str | os.PathLike) -> str:
@@ -55,7 +62,7 @@ def _file_digest(path: str | os.PathLike) -> str:
 
 
 def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: tuple[int, ...],
-                     device: torch.device) -> ModelInfo:
+                     device: torch.device, conditioning: Mapping[str, Any] | None = None) -> ModelInfo:
     """Build the denoiser of ``model_cfg`` for the dataset and check that they fit each other.
 
     Parameters
@@ -69,11 +76,15 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
         The dataset's :class:`~sciencegen.data.fields.FieldSpec` and field shape.
     device
         Where to run the model.
+    conditioning
+        The prepared dataset's conditioning (``kinds``, ``inputs``, ``static``, ``state``; ``None``:
+        unconditional data); a trained model must have been trained with the same.
 
     Raises
     ------
     GenerateError
-        No checkpoint for a trained model, or a checkpoint trained on other data.
+        No checkpoint for a trained model, or a checkpoint trained on other data (other variables, grid or
+        conditioning).
     """
     model = plain(model_cfg, GenerateError)
     name = str(model.get("name", model.get("_target_", "model")))
@@ -87,7 +98,8 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
             raise GenerateError(f"model=oracle has sample shape {tuple(shape)} but the dataset has "
                                 f"{len(spec.variables)} variables on {field_shape}")
         return ModelInfo(oracle.to(device), tuple(spec.variables), tuple(spec.field_dims), field_shape, None, None,
-                         {"name": "oracle"}, "oracle (exact denoiser)")
+                         {"name": "oracle"}, "oracle (exact denoiser)",
+                         None if conditioning is None else dict(conditioning))
     ckpt = model.get("checkpoint")
     if not ckpt:
         raise GenerateError(f"model={name} needs model.checkpoint=RUN_DIR or a step_*.pt file "
@@ -112,12 +124,43 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
         ds_name = (meta.get("dataset") or {}).get("name", "?")
         raise GenerateError(f"checkpoint {meta['path']} was trained on {ds_name} with {show(trained)}, but the "
                             f"dataset has {show(asked)}: pick the matching dataset options or another checkpoint")
+    trained_cond = _check_conditioning(meta, conditioning)
     _warn_other_dataset(meta, dataset_cfg)
     identity = {"name": name, "checkpoint": str(Path(meta["path"]).resolve()), "step": int(meta["step"]),
                 "sha256": _file_digest(meta["path"])}
-    return ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
+    info = ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
                      np.asarray(data["std"], dtype=np.float64), identity,
                      f"{name} {meta['path']} (step {meta['step']})")
+    info.holdout = (meta.get("train") or {}).get("holdout")
+    if trained_cond is not None:
+        info.conditioning = {k: trained_cond.get(k) for k in CONDITIONING_KEYS}
+        info.cond_mean = np.asarray(trained_cond["mean"], dtype=np.float64)
+        info.cond_std = np.asarray(trained_cond["std"], dtype=np.float64)
+    return info
+
+
+#: the keys of a conditioning that decide what the model's condition channels are
+CONDITIONING_KEYS = ("kinds", "inputs", "static", "state")
+
+
+def _describe(cond: Mapping[str, Any] | None) -> str:
+    if not cond:
+        return "no conditioning"
+    return (f"conditioning {', '.join(cond.get('kinds') or {}) or '-'} (inputs {list(cond.get('inputs') or {})}, "
+            f"static {list(cond.get('static') or {})})")
+
+
+def _check_conditioning(meta: Mapping[str, Any], conditioning: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The checkpoint's conditioning (C4), refused unless it is the dataset's (both ways: one of them none)."""
+    trained = (meta.get("data") or {}).get("conditioning")
+    # compared as JSON text in order: the order of the inputs and statics is the order of the channels
+    a = json.dumps(normalise({k: trained.get(k) for k in CONDITIONING_KEYS})) if trained else None
+    b = json.dumps(normalise({k: conditioning.get(k) for k in CONDITIONING_KEYS})) if conditioning else None
+    if a != b:
+        raise GenerateError(f"checkpoint {meta['path']} was trained with {_describe(trained)}, but the dataset has "
+                            f"{_describe(conditioning)}: set dataset.conditioning as in training, or use another "
+                            "checkpoint")
+    return dict(trained) if trained else None
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

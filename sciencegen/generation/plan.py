@@ -113,7 +113,12 @@ def shard_chunks(n_chunks: int, index: int, count: int) -> range:
 
 @dataclass
 class Plan:
-    """What this process generates: the store, its chunks, and the ones it owns and still has to do."""
+    """What this process generates: the store, its chunks, and the ones it owns and still has to do.
+
+    ``chunks`` are the member ranges of one condition; the units of work (``owned`` and ``todo`` index them) are
+    :attr:`units`: ``(condition, start, stop)`` in condition-major order (``condition`` ``None`` in an
+    unconditional store, where unit ``k`` is chunk ``k``).
+    """
 
     path: Path | None
     members: int
@@ -124,6 +129,29 @@ class Plan:
     created: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     lock: StoreLock | None = None
+    conditions: int | None = None
+
+    @property
+    def units(self) -> list[tuple[int | None, int, int]]:
+        """The units of work: ``(condition, start, stop)``, condition-major (``condition`` None: unconditional)."""
+        if self.conditions is None:
+            return [(None, a, b) for a, b in self.chunks]
+        return [(c, a, b) for c in range(self.conditions) for a, b in self.chunks]
+
+    @property
+    def shape(self) -> int | tuple[int, int]:
+        """The shape of the per-member arrays: ``members`` or ``(conditions, members)``."""
+        return self.members if self.conditions is None else (self.conditions, self.members)
+
+    @property
+    def total(self) -> int:
+        """Members in the store (over every condition)."""
+        return self.members * (self.conditions or 1)
+
+    def flags(self, flags: Any, unit: int) -> Any:
+        """The ``complete`` flags (:func:`~sciencegen.data.ensemble.completed_members`) of unit ``unit``."""
+        c, a, b = self.units[unit]
+        return flags[a:b] if c is None else flags[c, a:b]
 
 
 def check_output_path(path: Path, identity: dict[str, Any], overwrite: bool,
@@ -247,7 +275,7 @@ def store_attrs(identity: dict[str, Any], info: ModelInfo, cfg: Any, resolved: d
 
 def plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
          make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
-         verify: bool) -> Plan:
+         verify: bool, conditions: int | None = None) -> Plan:
     """Create or check the store, lock it when this job will write, and list the chunks still to do.
 
     Parameters
@@ -266,15 +294,19 @@ def plan(path: Path | None, index: int, count: int, members: int, chunk: int, ba
         The field variables.
     overwrite, verify
         ``output.overwrite``, ``generate.verify``.
+    conditions
+        A conditional ensemble: its number of conditions (the units of work are ``(condition, member range)``
+        pairs in condition-major order, which shards split).
     """
     if path is None:
-        ranges = chunk_ranges(members, chunk)
-        owned = list(shard_chunks(len(ranges), index, count))
-        return Plan(None, members, chunk, ranges, owned, list(owned))
+        made = Plan(None, members, chunk, chunk_ranges(members, chunk), [], [], conditions=conditions)
+        made.owned = list(shard_chunks(len(made.units), index, count))
+        made.todo = list(made.owned)
+        return made
     lock, why = _lock(path)
     try:
         return _plan_store(path, lock, why, index, count, members, chunk, batch, identity, make_template, variables,
-                           overwrite, verify)
+                           overwrite, verify, conditions)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -283,7 +315,7 @@ def plan(path: Path | None, index: int, count: int, members: int, chunk: int, ba
 
 def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: int, count: int, members: int,
                 chunk: int, batch: int, identity: dict[str, Any], make_template: Callable[..., xr.Dataset],
-                variables: tuple[str, ...], overwrite: bool, verify: bool) -> Plan:
+                variables: tuple[str, ...], overwrite: bool, verify: bool, conditions: int | None) -> Plan:
     meta = check_output_path(path, identity, overwrite, lock)
     created = False
     if meta is None:
@@ -303,32 +335,34 @@ def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: 
             meta = check_output_path(path, identity, False, None)
     # the store's chunks are the unit of work (a rerun with another batch size keeps them)
     chunk = int(meta.get("chunk", chunk))
-    made = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock)
-    made.owned = list(shard_chunks(len(made.chunks), index, count))
+    made = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock, conditions)
+    made.owned = list(shard_chunks(len(made.units), index, count))
     made.todo = _todo(made, make_template(meta, chunk), variables, verify)
     if made.todo and lock is None:
-        done = int(completed_members(path, members).sum())
+        done = int(completed_members(path, made.shape).sum())
         raise GenerateError(f"{os_error_line(why, str(path))}; {len(made.todo)} chunk(s) to write, "
-                            f"{done}/{members} members complete are kept")
+                            f"{done}/{made.total} members complete are kept")
     return made
 
 
 def _todo(plan: Plan, template: xr.Dataset, variables: tuple[str, ...], verify: bool) -> list[int]:
     """The owned chunks not complete; repairs missing arrays and (``verify``) unreadable chunks first."""
-    path, ranges = plan.path, plan.chunks
+    path, units = plan.path, plan.units
     if plan.lock is not None:
         for name in repair_arrays(path, template, variables):
             log.warning("%s: the %s array was missing; recreated (its members are regenerated)", path, name)
-    flags = completed_members(path, plan.members)
-    todo = [c for c in plan.owned if not flags[ranges[c][0]:ranges[c][1]].all()]
+    flags = completed_members(path, plan.shape)
+    todo = [k for k in plan.owned if not plan.flags(flags, k).all()]
     if verify:
-        done = [c for c in plan.owned if c not in todo]
-        for c, why in unreadable_chunks(path, ranges, done, variables).items():
-            log.warning("%s: members %d..%d flagged complete but unreadable (%s); regenerating them",
-                        path, ranges[c][0], ranges[c][1] - 1, why)
+        done = [k for k in plan.owned if k not in todo]
+        ranges = [u[1:] if u[0] is None else u for u in units]
+        for k, why in unreadable_chunks(path, ranges, done, variables).items():
+            c, a, b = units[k]
+            log.warning("%s: members %d..%d%s flagged complete but unreadable (%s); regenerating them",
+                        path, a, b - 1, "" if c is None else f" of condition {c}", why)
             if plan.lock is not None:
-                set_flags(str(path), ranges[c][0], ranges[c][1], False)
-            todo.append(c)
+                set_flags(str(path), a, b, False, c)
+            todo.append(k)
     return sorted(todo)
 
 

@@ -30,7 +30,7 @@ from ..config import plain
 from ..data.fields import DataError
 from ..errors import TrainError
 from .checkpoint import CheckpointError, load_checkpoint
-from .oracle import Oracle
+from .oracle import Oracle, exact_law
 from .precond import EDMPrecond
 from .unet import UNet, unet_preset
 
@@ -111,22 +111,25 @@ def oracle_denoiser(dataset: Mapping[str, Any] | None = None) -> Oracle:
     Parameters
     ----------
     dataset
-        The dataset config (with ``_target_``) whose source has an analytic law (``dataset=grf``).
+        The dataset config (with ``_target_``) whose source has an analytic law (``dataset=grf``), with or
+        without ``conditioning`` (the law is :func:`~sciencegen.models.oracle.exact_law`: the GRF, or its exact
+        conditional law given block means, the AR(1) past state or static maps).
 
     Raises
     ------
     TrainError
         No dataset, or a dataset without an analytic law.
     """
-    from ..data.prepare import make_source
-
     if dataset is None:
         raise TrainError("model=oracle needs the dataset config of an analytic dataset (e.g. dataset=grf)")
-    source = make_source(dataset)
-    target = source.target()
+    conf = plain(dataset, DataError)
+    target = exact_law(conf)
     if target is None:
-        raise TrainError(f"model=oracle needs a dataset with an exact law (dataset=grf); dataset {source.name} "
-                         "has none: train model=unet instead")
+        kinds = ", ".join(dict(conf.get("conditioning") or {})) or None
+        given = f" with conditioning {kinds}" if kinds else ""
+        raise TrainError(f"model=oracle needs a dataset with an exact law (dataset=grf, conditioning coarse, "
+                         f"state with ar, or static); dataset {conf.get('name', '?')}{given} has none: train "
+                         "model=unet instead")
     return Oracle(target)
 
 
@@ -164,12 +167,14 @@ def builder(model_cfg: Mapping[str, Any]) -> Callable[..., nn.Module]:
 
 
 def resolve_model_config(model_cfg: Mapping[str, Any] | Any, *, channels: int, field_dims: Sequence[str],
-                         field_shape: Sequence[int], periodic: Mapping[str, bool] | Sequence[bool]) -> dict[str, Any]:
+                         field_shape: Sequence[int], periodic: Mapping[str, bool] | Sequence[bool],
+                         cond_channels: int = 0) -> dict[str, Any]:
     """Fill a model config from the data and check it: the model part of a checkpoint's meta.
 
-    ``in_channels`` comes from the data (a different given value is an error), ``out_channels`` defaults to
-    it, ``periodic`` comes from the data unless given, and a ``preset`` is expanded into explicit
-    :class:`~sciencegen.models.UNet` arguments (so the checkpoint rebuilds without the preset table). An old
+    ``in_channels`` and ``cond_channels`` come from the data (a different given value is an error),
+    ``out_channels`` defaults to ``in_channels``, ``periodic`` comes from the data unless given, and a
+    ``preset`` is expanded into explicit :class:`~sciencegen.models.UNet` arguments (so the checkpoint rebuilds
+    without the preset table). An old
     ``_target_`` path is replaced by today's (:data:`TARGET_ALIASES`).
 
     Parameters
@@ -182,6 +187,8 @@ def resolve_model_config(model_cfg: Mapping[str, Any] | Any, *, channels: int, f
         Names and sizes of the field dims.
     periodic
         Per field dim: periodic or not (mapping dim → bool, or a sequence in field-dim order).
+    cond_channels
+        Condition channels of a conditional dataset (its inputs and static fields; 0: unconditional).
 
     Returns
     -------
@@ -191,14 +198,14 @@ def resolve_model_config(model_cfg: Mapping[str, Any] | Any, *, channels: int, f
     Raises
     ------
     TrainError
-        Channel mismatch, conditioning asked for, a grid the U-Net cannot down-sample, an unknown preset
+        Channel mismatch, conditions the model cannot take, a grid the U-Net cannot down-sample, an unknown preset
         or U-Net argument, a field that is not 2-D for a 2-D model.
     """
     conf = {k: v for k, v in _plain(model_cfg).items() if k not in USE_KEYS}
     if "_target_" in conf:
         conf["_target_"] = canonical_target(conf["_target_"])
     field_dims, field_shape = list(field_dims), [int(n) for n in field_shape]
-    _resolve_channels(conf, channels)
+    _resolve_channels(conf, channels, int(cond_channels))
     if "periodic" in conf:
         if conf["periodic"] is None:
             flags = ([bool(periodic.get(d, False)) for d in field_dims] if isinstance(periodic, Mapping)
@@ -211,8 +218,8 @@ def resolve_model_config(model_cfg: Mapping[str, Any] | Any, *, channels: int, f
     return conf
 
 
-def _resolve_channels(conf: dict[str, Any], channels: int) -> None:
-    """``in_channels`` / ``out_channels`` from the data; no conditioning."""
+def _resolve_channels(conf: dict[str, Any], channels: int, cond_channels: int = 0) -> None:
+    """``in_channels`` / ``out_channels`` / ``cond_channels`` from the data."""
     if "in_channels" in conf:
         given = conf["in_channels"]
         if given is not None and int(given) != channels:
@@ -225,9 +232,15 @@ def _resolve_channels(conf: dict[str, Any], channels: int) -> None:
             raise TrainError(f"model.out_channels={out} but a denoiser outputs the field itself "
                              f"({conf.get('in_channels', channels)} channel(s)): drop model.out_channels")
         conf["out_channels"] = conf.get("in_channels", channels)
-    if int(conf.get("cond_channels") or 0) != 0:
-        raise TrainError(f"model.cond_channels={conf['cond_channels']}: conditional training is not supported by "
-                         "sciencegen-train yet (set it to 0)")
+    given = conf.get("cond_channels")
+    if given is not None and int(given) not in (0, cond_channels):
+        raise TrainError(f"model.cond_channels={given} but the data have {cond_channels} condition channel(s) "
+                         "(dataset.conditioning): drop model.cond_channels, it comes from the data")
+    if "cond_channels" in conf:
+        conf["cond_channels"] = cond_channels
+    elif cond_channels:
+        raise TrainError(f"model={conf.get('name', 'model')} takes no conditions, but the data have "
+                         f"{cond_channels} condition channel(s) (dataset.conditioning): use model=unet")
 
 
 def _resolve_unet(conf: dict[str, Any], field_dims: list[str], field_shape: list[int]) -> None:

@@ -20,7 +20,7 @@ from ..data.sources import FieldSource
 from ..samplers import noise
 from ..targets import GaussianRandomField
 
-__all__ = ["GRFSource", "KolmogorovSource", "grf_samples"]
+__all__ = ["GRFSource", "KolmogorovSource", "grf_samples", "grf_trajectories"]
 
 _AXES = ("z", "y", "x")
 
@@ -35,6 +35,31 @@ def grf_samples(target: GaussianRandomField, seed: int, start: int, stop: int) -
     """
     white = noise.normal(seed, range(start, stop), 0, target.shape, tag=noise.DATA, dtype=torch.float64)
     return target.colour(white).numpy()
+
+
+def grf_trajectories(target: GaussianRandomField, seed: int, start: int, stop: int, length: int,
+                     ar: float) -> np.ndarray:
+    """Exact AR(1) trajectories ``start..stop-1`` of a GRF: ``x_0 = colour(w_0)``, ``x_{t+1} = ar x_t + sqrt(1 - ar^2)
+    colour(w_{t+1})`` (stationary: every ``x_t`` is the GRF, lag-k correlation ``ar^k``).
+
+    The white noise ``w_t`` of trajectory ``i`` is :func:`~sciencegen.samplers.noise.normal` with member ``i``,
+    step ``t`` and tag ``noise.DATA``: trajectory ``i`` depends only on ``(seed, i)`` (a longer ``length`` extends
+    it), and its ``x_0`` is sample ``i`` of :func:`grf_samples`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[stop - start, length, channels, n, ...]`` float64.
+    """
+    members = range(start, stop)
+    x = target.colour(noise.normal(seed, members, 0, target.shape, tag=noise.DATA, dtype=torch.float64))
+    out = [x]
+    keep = float(np.sqrt(1.0 - ar * ar))
+    for t in range(1, length):
+        white = noise.normal(seed, members, t, target.shape, tag=noise.DATA, dtype=torch.float64)
+        x = ar * x + keep * target.colour(white)
+        out.append(x)
+    return torch.stack(out, dim=1).numpy()
 
 
 class GRFSource(FieldSource):
@@ -55,7 +80,12 @@ class GRFSource(FieldSource):
     seed
         Sample ``i`` depends only on ``(seed, i)``.
     chunk
-        Samples per chunk (one generation task each).
+        Samples per chunk (one generation task each); with ``ar``, ``max(1, chunk // length)`` trajectories.
+    ar
+        ``None`` (default): independent samples on dim ``sample``. A number in ``(-1, 1)``: ``samples`` AR(1)
+        trajectories of ``length`` steps on dims ``(trajectory, time)`` (:func:`grf_trajectories`).
+    length
+        Time steps per trajectory (with ``ar``).
     name, nonfinite
         See :class:`~sciencegen.data.sources.FieldSource`.
     """
@@ -63,8 +93,14 @@ class GRFSource(FieldSource):
     generated = True
 
     def __init__(self, size: int = 32, samples: int = 4096, slope: float = 3.0, k0: float = 4.0, channels: int = 1,
-                 ndim: int = 2, seed: int = 0, chunk: int = 256, name: str = "grf", nonfinite: str = "error"):
+                 ndim: int = 2, seed: int = 0, chunk: int = 256, name: str = "grf", nonfinite: str = "error",
+                 ar: float | None = None, length: int = 16):
         super().__init__(name, nonfinite)
+        if ar is not None and not -1.0 < float(ar) < 1.0:
+            raise DataError(f"dataset.ar must be in (-1, 1) or null (independent samples), got {ar!r}")
+        if int(length) != length or length < 1:
+            raise DataError(f"dataset.length must be an integer >= 1, got {length!r}")
+        self.ar, self.length = (None if ar is None else float(ar)), int(length)
         checks = (("size", size, 2), ("samples", samples, 1), ("channels", channels, 1), ("chunk", chunk, 1))
         for key, val, lo in checks:
             if int(val) != val or val < lo:
@@ -86,6 +122,12 @@ class GRFSource(FieldSource):
 
     def attrs(self) -> dict[str, Any]:
         """Generator parameters for the store attributes."""
+        if self.ar is not None:
+            return {**self._attrs(), "grf_ar": self.ar, "grf_length": self.length,
+                    "title": f"AR(1) Gaussian random fields {self.size}^{self.ndim}"}
+        return self._attrs()
+
+    def _attrs(self) -> dict[str, Any]:
         return {"title": f"Gaussian random fields {self.size}^{self.ndim}", "source": "sciencegen grf generator",
                 "grf_slope": self.slope, "grf_k0": self.k0, "grf_seed": self.seed,
                 "comment": "per-mode variance (1 + |k|^2/k0^2)^(-slope/2) in the orthonormal DFT basis, "
@@ -93,10 +135,17 @@ class GRFSource(FieldSource):
 
     def chunks(self) -> dict[str, int]:
         """One chunk per generation task."""
+        if self.ar is not None:
+            return {"trajectory": self._per_task(), "time": self.length}
         return {"sample": min(self.chunk, self.samples)}
 
+    def _per_task(self) -> int:
+        return min(max(1, self.chunk // self.length), self.samples)
+
     def open(self, progress: bool = False) -> tuple[xr.Dataset, FieldSpec, str]:
-        """Lazy dataset: one Dask task per chunk of samples."""
+        """Lazy dataset: one Dask task per chunk of samples (of trajectories, with ``ar``)."""
+        if self.ar is not None:
+            return self._open_ar()
         n, shape = self.size, self._target.shape
         fdims = _AXES[-self.ndim:]
         chunk = min(self.chunk, self.samples)
@@ -116,6 +165,28 @@ class GRFSource(FieldSource):
         ds = xr.Dataset(data, coords=coords)
         spec = FieldSpec(self.variables(), ("sample",), fdims, {d: True for d in fdims})
         return ds, spec, f"grf (size {n}, {self.samples} samples)"
+
+    def _open_ar(self) -> tuple[xr.Dataset, FieldSpec, str]:
+        n, shape, fdims, per = self.size, self._target.shape, _AXES[-self.ndim:], self._per_task()
+        blocks = []
+        for start in range(0, self.samples, per):
+            stop = min(start + per, self.samples)
+            task = dask.delayed(grf_trajectories, pure=True)(self._target, self.seed, start, stop, self.length,
+                                                             self.ar)
+            blocks.append(da.from_delayed(task, (stop - start, self.length, *shape), dtype=np.float64))
+        arr = da.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        coords = {d: (d, (np.arange(n) / n), {"units": "1", "long_name": f"{d} position (unit periodic domain)",
+                                               "axis": d.upper()}) for d in fdims}
+        coords["trajectory"] = ("trajectory", np.arange(self.samples), {"long_name": "trajectory index"})
+        coords["time"] = ("time", np.arange(self.length), {"units": "steps", "long_name": "AR(1) time step"})
+        data = {}
+        for c, v in enumerate(self.variables()):
+            name = "AR(1) Gaussian random field" + (f" channel {c}" if self.channels > 1 else "")
+            data[v] = (("trajectory", "time", *fdims), arr[:, :, c].astype(np.float32),
+                       {"units": "1", "long_name": name})
+        spec = FieldSpec(self.variables(), ("trajectory", "time"), fdims, {d: True for d in fdims})
+        return (xr.Dataset(data, coords=coords), spec,
+                f"grf (size {n}, {self.samples} AR(1) trajectories x {self.length} steps, ar {self.ar:g})")
 
 
 class KolmogorovSource(FieldSource):

@@ -1,8 +1,9 @@
 """``run_evaluate(cfg)``: score an ensemble store against a reference (the exact law, held-out data, a store).
 
 This module only walks through the rooms of :mod:`sciencegen.evaluation` (options, outputs, samples,
-readability, references, metrics, report) and :mod:`sciencegen.analysis.figures`; docs/evaluate.md says what
-is computed and written.
+readability, references, metrics, report) and :mod:`sciencegen.analysis.figures`; a conditional store (a
+``condition`` dim) goes to :func:`~sciencegen.evaluation.conditional_run.evaluate_conditional` instead (scores
+against the truths in the store, with baselines). docs/evaluate.md says what is computed and written.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from ..data.prepare import dataset_config, make_source
 from ..errors import Interrupted
 from ..evaluation import EvaluateError, open_ensemble, outputs
+from ..evaluation.cond_store import is_conditional
+from ..evaluation.conditional_run import evaluate_conditional
 from ..evaluation.metrics import compute, field_units, panels, scheduler, variable_metrics
 from ..evaluation.options import Options, read_options
 from ..evaluation.readable import readable_members
@@ -70,6 +73,8 @@ def _evaluate(cfg: Any, o: Options, t0: float) -> dict[str, Any]:
     """The evaluation proper (after ``output.dir`` was checked): samples, reference, metrics, outputs."""
     ens = open_ensemble(o.store)
     dataset = dataset_config(cfg["dataset"])
+    if is_conditional(ens.ds):  # the truth is in the store: scores per condition and lead time, with baselines
+        return evaluate_conditional(dataset, o, ens, t0)
     source = make_source(dataset)
     _, spec, ds_label = source.open()
     variables = select_variables(ens, o.want, spec.variables, dataset.get("name"))

@@ -32,6 +32,7 @@ import torch
 import xarray as xr
 
 from ..config import instantiate
+from ..data.conditioning import condition_layout, make_kinds
 from ..data.ensemble import (
     ATTR,
     chunk_ranges,
@@ -40,9 +41,18 @@ from ..data.ensemble import (
     template,
     write_chunk,
 )
-from ..data.prepare import dataset_config, dataset_identity, human_bytes, make_source
+from ..data.prepare import dataset_config, dataset_identity, human_bytes, make_source, prepare
 from ..data.store import store_bytes
-from ..errors import Interrupted, os_error_line, stop_requests
+from ..errors import Interrupted, SciencegenError, os_error_line, stop_requests
+from ..generation.conditions import (
+    Cases,
+    check_rollout,
+    default_holdout,
+    file_cases,
+    heldout_cases,
+    layout_dict,
+    lead_attrs,
+)
 from ..generation.model import ModelInfo, dataset_differences, resolve_denoiser
 from ..generation.plan import (
     GenerateError,
@@ -53,6 +63,7 @@ from ..generation.plan import (
     shard_chunks,
     store_attrs,
 )
+from ..generation.rollout import sample_condition
 from ..ranks import Ranks, pick_device
 
 __all__ = [
@@ -137,6 +148,8 @@ class _Job:
     dtype: torch.dtype
     shard: tuple[int, int]
     device: torch.device
+    conditions: int = 8
+    lead_times: int | None = None
 
 
 def _parse(cfg: Any) -> _Job:
@@ -163,8 +176,10 @@ def _parse(cfg: Any) -> _Job:
         torch.set_num_threads(int(gen["threads"]))
     local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
     device = pick_device(str(gen["device"]), local_rank, "generate.device", GenerateError)
+    conditions = _int_option(gen, "conditions", 1, "generate") if gen.get("conditions") is not None else 8
+    leads = _int_option(gen, "lead_times", 1, "generate") if gen.get("lead_times") is not None else None
     return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
-                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device)
+                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device, conditions, leads)
 
 
 def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -174,12 +189,14 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     ----------
     cfg
         The composed config of ``conf/generate.yaml`` (``dataset``, ``model``, ``sampler``, ``generate``,
-        ``output``).
+        ``output``, ``condition``). A dataset with ``conditioning`` makes a conditional ensemble
+        (docs/generate.md, "Conditional ensembles").
 
     Returns
     -------
     dict
-        Summary: ``path``, ``members`` (total), ``done`` (this run), ``skipped``, ``complete`` (store-wide),
+        Summary: ``path``, ``members`` (per condition), ``conditions`` (``None``: unconditional), ``total``
+        (members in the store), ``lead_times``, ``done`` (this run), ``skipped``, ``complete`` (store-wide),
         ``seconds``, ``rounds``, ``nfe`` (mean per member this run), ``bytes``, ``shard``.
 
     Raises
@@ -213,19 +230,19 @@ def _run(cfg: Any, job: _Job, dist: Ranks, stop: Any, held: list[Plan]) -> dict[
 
     gen, out = cfg["generate"], cfg["output"]
     check_netcdf(out.get("netcdf"))
-    info, identity, make_template, label = _setup(cfg, job)
+    info, identity, make_template, label, cases = _setup(cfg, job, dist)
     path = None if out.get("discard") else Path(str(out.get("path") or _default_output())).expanduser()
     mine = None
     if dist.rank == 0:
         mine = plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
-                    info.variables, bool(out["overwrite"]), bool(gen["verify"]))
+                    info.variables, bool(out["overwrite"]), bool(gen["verify"]), cases.count if cases else None)
         held.append(mine)
     shared = dist.broadcast(dataclasses.replace(mine, lock=None) if mine is not None else None)
     todo = mine or shared
     model = SplitDenoiser(info.denoiser) if dist.world > 1 else info.denoiser
     writer = dist.rank == 0 and todo.path is not None
     run = _announce(job, todo, info, label, dist.rank == 0)
-    _sample_chunks(job, todo, info, model, run, stop, dist, writer, gen)
+    _sample_chunks(job, todo, info, model, run, stop, dist, writer, gen, cases)
     return _finish(job, todo, run, writer, out, dist.rank == 0)
 
 
@@ -234,17 +251,26 @@ def _kept(line: str, plan: Plan | None) -> str:
     if plan is None or plan.path is None:
         return line
     try:
-        done = int(completed_members(plan.path, plan.members).sum())
+        done = int(completed_members(plan.path, plan.shape).sum())
     except Exception:
         return line
-    return f"{line}; {done}/{plan.members} members complete in {plan.path} are kept, rerun to resume"
+    return f"{line}; {done}/{plan.total} members complete in {plan.path} are kept, rerun to resume"
 
 
-def _setup(cfg: Any, job: _Job) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str]:
-    """Open the dataset, build the model; the store's identity and its template (given the meta and chunk)."""
+def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str,
+                                                     Cases | None]:
+    """Open the dataset, build the model; the store's identity and its template (given the meta and chunk), and
+    the conditions of a conditional dataset (``None``: unconditional)."""
     from .. import __version__
 
     dataset = dataset_config(cfg["dataset"])
+    if make_kinds(dataset.get("conditioning")):
+        return _setup_conditional(cfg, job, dist, dataset)
+    condition = cfg.get("condition") or {}
+    if condition.get("path") or job.lead_times is not None:
+        what = "condition.path" if condition.get("path") else "generate.lead_times"
+        raise GenerateError(f"{what} is set, but dataset {dataset.get('name')} has no conditioning "
+                            "(set dataset.conditioning, see docs/data.md)")
     ds, spec, label = make_source(dataset).open()
     field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
     info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device)
@@ -260,7 +286,69 @@ def _setup(cfg: Any, job: _Job) -> tuple[ModelInfo, dict[str, Any], Callable[...
         return template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
                         coords=coords, var_attrs=var_attrs, attrs=attrs)
 
-    return info, identity, make_template, label
+    return info, identity, make_template, label, None
+
+
+def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any]
+                       ) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str, Cases]:
+    """:func:`_setup` for a dataset with ``conditioning``: the prepared store, its layout, the model, the cases."""
+    from .. import __version__
+
+    prepared = _prepared(cfg, dataset, dist)
+    layout = condition_layout(prepared.path)
+    spec, field_shape = prepared.spec, tuple(prepared.field_shape)
+    label = f"{dataset.get('name')} ({prepared.path})"
+    info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device, layout_dict(layout))
+    check_rollout(layout, job.lead_times, f"dataset {dataset.get('name')}")
+    cases = _cases(cfg, job, prepared, layout, info)
+    identity = {"dataset": dataset_identity(dataset), "model": info.identity, "sampler": job.identity_sampler,
+                "seed": job.seed, "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
+                "variables": list(info.variables), "field_dims": list(info.field_dims),
+                "conditioning": cases.identity()}
+    ds = prepared.ds
+    coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
+    var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
+                 for v in info.variables}
+    axis = cases.axis(lead_attrs(ds, layout.state))
+
+    def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
+        attrs = store_attrs(identity, info, cfg, job.resolved, __version__)
+        return template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
+                        coords=coords, var_attrs=var_attrs, attrs=attrs, conditions=axis)
+
+    return info, identity, make_template, label, cases
+
+
+def _prepared(cfg: Any, dataset: dict[str, Any], dist: Ranks) -> Any:
+    """The prepared store of a conditional dataset (written if missing; rank 0 first, the others reuse it)."""
+    root = cfg.get("data_root") or os.environ.get("SCIENCEGEN_DATA_ROOT") or "data"
+    prepared, failed = None, None
+    if dist.rank == 0:
+        try:
+            prepared = prepare(dataset, data_root=root)
+        except SciencegenError as exc:
+            failed = exc
+    why = dist.broadcast(None if failed is None else str(failed))
+    if failed is not None:
+        raise failed
+    if why is not None:
+        raise GenerateError(f"rank 0 could not prepare the dataset: {why}")
+    return prepared if prepared is not None else prepare(dataset, data_root=root)
+
+
+def _cases(cfg: Any, job: _Job, prepared: Any, layout: Any, info: ModelInfo) -> Cases:
+    """The conditions: every case of ``condition.path`` (after ``condition.select``), else held-out samples."""
+    condition = cfg.get("condition") or {}
+    path, select = condition.get("path"), condition.get("select")
+    if path:
+        cases = file_cases(path, select, layout, prepared.spec, tuple(prepared.field_shape), job.lead_times)
+        log.info("conditions: the %d case(s) of %s (generate.conditions is ignored with condition.path)",
+                 cases.count, cases.source)
+        return cases
+    if select:
+        raise GenerateError("condition.select is set without condition.path: it selects cases of a condition file")
+    holdout = info.holdout if info.holdout is not None else default_holdout()
+    return heldout_cases(prepared, layout, float(holdout), job.conditions, job.lead_times)
 
 
 @dataclass
@@ -281,9 +369,9 @@ class _Run:
 
 def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) -> _Run:
     """Choose the sampling batch (the store's, so that resumed members are bitwise) and say what will happen."""
-    ranges = plan.chunks
-    todo = sum(ranges[c][1] - ranges[c][0] for c in plan.todo)
-    skipped = sum(ranges[c][1] - ranges[c][0] for c in plan.owned) - todo
+    units = plan.units
+    todo = sum(units[k][2] - units[k][1] for k in plan.todo)
+    skipped = sum(units[k][2] - units[k][1] for k in plan.owned) - todo
     batch = int(plan.meta.get("batch_size") or job.batch)
     if talk and batch != job.batch and todo:
         log.warning("the store was sampled in batches of %d: generate.batch_size=%d is ignored so that every "
@@ -291,8 +379,11 @@ def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) ->
     index, count = job.shard
     if talk:
         shard_text = f"shard {index}/{count}, " if count > 1 else ""
-        log.info("sciencegen-generate: %d members of %s with %s (%d steps), %s, %s%d to do, %d already written%s",
-                 job.members, label, job.name, job.steps, info.label, shard_text, todo, skipped,
+        what = f"{job.members} members" if plan.conditions is None else \
+            f"{plan.conditions} conditions × {job.members} members" + (f" × {job.lead_times} lead times"
+                                                                      if job.lead_times else "")
+        log.info("sciencegen-generate: %s of %s with %s (%d steps), %s, %s%d to do, %d already written%s",
+                 what, label, job.name, job.steps, info.label, shard_text, todo, skipped,
                  f" -> {plan.path}" if plan.path else " (discarded)")
     return _Run(batch, todo, skipped)
 
@@ -313,8 +404,28 @@ def _sample_chunk(job: _Job, info: ModelInfo, model: Any, a: int, b: int, batch:
     return {v: np.ascontiguousarray(x[:, i], dtype=np.float32) for i, v in enumerate(info.variables)}, res
 
 
+def _sample_unit(job: _Job, info: ModelInfo, model: Any, cases: Cases | None, unit: tuple[int | None, int, int],
+                 batch: int, cache: dict[int, dict] | None) -> tuple[dict, np.ndarray, np.ndarray, int, tuple]:
+    """One unit of work: its fields, rounds and NFE per member, rounds in all, and what else ``write_chunk`` takes
+    (a conditional unit: its condition and that condition's ``input_*``/``truth_*``, read once per condition and
+    only where ``cache`` is given: by the process that writes)."""
+    c, a, b = unit
+    if c is None:
+        fields_, res = _sample_chunk(job, info, model, a, b, batch)
+        return (fields_, res.stats["rounds_per_member"].numpy(), res.stats["nfe_per_member"].numpy(),
+                int(res.stats["rounds"]), ())
+    fields_, rpm, npm, rounds = sample_condition(job.sampler, model, info, cases, c, a, b, seed=job.seed,
+                                                 batch=batch, device=job.device, dtype=job.dtype)
+    if cache is None:
+        return fields_, rpm, npm, rounds, (c, None)
+    if c not in cache:
+        cache.clear()
+        cache[c] = cases.case_arrays(c)
+    return fields_, rpm, npm, rounds, (c, cache[c])
+
+
 def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run, stop: Any, dist: Ranks,
-                   writer: bool, gen: Any) -> None:
+                   writer: bool, gen: Any, cases: Cases | None = None) -> None:
     """Sample the chunks to do; a writer thread (or a Dask client) stores chunk k while k+1 samples.
 
     A stop request (SIGINT / SIGTERM) ends the loop after the chunk in flight has been written.
@@ -327,26 +438,25 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
     client = _client(gen.get("dask")) if writer and plan.todo else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="zarr-writer") if writer and client is None else None
     pending: Future | Any | None = None
-    store_id = plan.meta.get("store_id")
+    store_id, units, cache = plan.meta.get("store_id"), plan.units, {} if writer else None
     try:
-        for c in plan.todo:
+        for k in plan.todo:
             if dist.agree(int(bool(stop))):  # any rank stopped: all stop at the same chunk
                 run.stopped = stop.signal or "a signal on another rank"
                 break
-            a, b = plan.chunks[c]
-            fields_, res = _sample_chunk(job, info, model, a, b, run.batch)
-            rpm, npm = res.stats["rounds_per_member"].numpy(), res.stats["nfe_per_member"].numpy()
+            _, a, b = units[k]
+            fields_, rpm, npm, rounds, extra = _sample_unit(job, info, model, cases, units[k], run.batch, cache)
             if writer:
                 if pending is not None:
                     run.written += pending.result()
                     run.chunks_written += 1
-                args = (str(plan.path), store_id, a, b, fields_, rpm, npm)
+                args = (str(plan.path), store_id, a, b, fields_, rpm, npm, *extra)
                 pending = client.submit(write_chunk, *args, pure=False) if client else pool.submit(write_chunk, *args)
-            run.rounds += int(res.stats["rounds"])
+            run.rounds += rounds
             run.nfe_sum += float(npm.sum())
             run.done += b - a
             if bar is not None:
-                bar.set_postfix(rounds=int(res.stats["rounds"]), nfe=f"{npm.mean():.0f}", refresh=False)
+                bar.set_postfix(rounds=rounds, nfe=f"{npm.mean():.0f}", refresh=False)
                 bar.update(b - a)
         if pending is not None:
             run.written += pending.result()
@@ -375,14 +485,15 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 zarr.consolidate_metadata(str(plan.path))
-        complete = int(completed_members(plan.path, job.members).sum())
+        complete = int(completed_members(plan.path, plan.shape).sum())
     if run.stopped:
-        where = f", {complete}/{job.members} complete in {plan.path}" if writer else ""
+        where = f", {complete}/{plan.total} complete in {plan.path}" if writer else ""
         raise Interrupted(f"interrupted ({run.stopped}); {run.done} members sampled by this run{where}; "
                           "rerun the same command to resume")
-    if writer and out.get("netcdf") and complete == job.members:
+    if writer and out.get("netcdf") and complete == plan.total:
         export_netcdf(plan.path, out["netcdf"])
     summary = {"path": str(plan.path) if plan.path else None, "members": job.members, "done": run.done,
+               "conditions": plan.conditions, "total": plan.total, "lead_times": job.lead_times,
                "skipped": run.skipped, "complete": complete, "seconds": seconds, "rounds": run.rounds,
                "nfe": run.nfe_sum / run.done if run.done else 0.0, "bytes": run.written,
                "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{job.shard[0]}/{job.shard[1]}",
@@ -400,7 +511,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
         lines.append(f"  rounds {s['rounds']} (sequential denoiser calls, all batches), NFE {s['nfe']:.0f} per member, "
                      f"{s['done'] / max(s['seconds'], 1e-9):.2f} members/s")
     if s["path"]:
-        lines.append(f"  store {s['path']}: {s['complete']}/{s['members']} members complete, "
+        shape = f" ({s['conditions']} conditions × {s['members']} members)" if s.get("conditions") else ""
+        lines.append(f"  store {s['path']}: {s['complete']}/{s.get('total', s['members'])} members complete{shape}, "
                      f"{human_bytes(s['bytes'])} of fields written now, {human_bytes(s['store_bytes'])} on disk")
         lines.append(f"  open with: xarray.open_zarr({s['path']!r})")
     return "\n".join(lines)

@@ -158,8 +158,11 @@ class _PicardWalk:
     def run(self, progress: Callable[[int], None] | None) -> tuple[torch.Tensor, WalkStats]:
         """Rounds until every member has accepted the last point; the samples and the cost record."""
         st = self.st
-        # first guesses: the recurrence with D frozen at 0, the mean of normalised data
-        # (at the start of the reverse process D is close to the data mean anyway)
+        # first guesses: the recurrence with D frozen at the data mean, which D is close to at the start of the
+        # reverse process: 0 for normalised data; given conditions, the posterior mean is not 0 -- D at the
+        # starting point, one round (a mean left in directions the condition fixes doubles the rounds otherwise)
+        if self.cond is not None:
+            self.warm_start()
         self.extend(self.everyone)
         while bool((st.accepted < self.n).any()):
             self.round()
@@ -169,6 +172,17 @@ class _PicardWalk:
         self.stats.nfe_per_member = st.nfe
         self.stats.fallbacks_per_member = st.fallbacks
         return st.points[:, self.n % self.ring].clone(), self.stats
+
+    def warm_start(self) -> None:
+        """D at every member's starting point (one round): the frozen D of the first guesses."""
+        st, j0 = self.st, torch.zeros(len(self.members), dtype=torch.long, device=self.device)
+        y, lev = self.tab.at_point(st.points[:, 0], j0)
+        d = call_denoiser(self.denoiser, y, lev, self.opt.max_batch, self.cond, self.everyone)
+        check_finite(d, j0, lev)
+        st.d_last = d
+        self.stats.rounds += 1
+        st.rounds += 1
+        st.nfe += 1
 
     # ------------------------------------------------------------------------------------------ geometry
 

@@ -38,7 +38,7 @@ from ..models.checkpoint import CheckpointError, check_compatible, list_checkpoi
 from .distributed import Distributed
 from .metrics import LossWindow, MetricsWriter
 from .schedule import EMA, ema_beta, lr_factor, per_rank_batch, schedule_progress, train_noise
-from .setup import data_info, first_batch, open_streams, prepare_data, training_meta
+from .setup import data_info, first_batch, open_streams, prepare_data, split_batch, training_meta
 from .state import FAULT, SIGNAL_CODE, SIGNAL_NAME, check_run_dir, fault_error, rng_state, set_rng_state
 from .validation import FigureSpec, sample_figure, validation_losses
 
@@ -200,15 +200,17 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
 
-    def _train_step(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         o = self.o
+        x0, cond = split_batch(batch)
         x0 = x0.to(self.device, non_blocking=True)
+        cond = None if cond is None else cond.to(self.device, non_blocking=True)
         first = self.d.rank * self.local_batch
         sigma, noise = train_noise(o["seed"], self.step, range(first, first + x0.shape[0]), x0.shape[1:],
                                    p_mean=float(o["p_mean"]), p_std=float(o["p_std"]), device=self.device)
         self.fwd.train()
         with self._autocast():
-            loss = denoising_loss(self.fwd, x0, sigma, noise, sigma_data=self.sigma_data).mean()
+            loss = denoising_loss(self.fwd, x0, sigma, noise, cond=cond, sigma_data=self.sigma_data).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.params, o["grad_clip"]) if o["grad_clip"] > 0 else None
@@ -233,7 +235,7 @@ class Trainer:
     def _figure(self) -> float | None:
         """Samples of the EMA model: ``RUN/figures/step_*.png``; returns the spectral error (analytic data)."""
         o = self.o
-        if o["figure_members"] < 1 or len(self.field_shape) != 2:
+        if o["figure_members"] < 1 or self.fig_spec.members < 1 or len(self.field_shape) != 2:
             return None
         title = (f"{self.dataset_cfg.get('name', 'data')} {'x'.join(map(str, self.field_shape))}, "
                  f"{self.model_meta.get('name', 'model')}, step {self.step}, {self.minutes:.1f} min "
@@ -247,11 +249,14 @@ class Trainer:
 
     def _figure_spec(self) -> FigureSpec:
         o = self.o
-        data, label = (None, "training data")
+        data, label, cond = (None, "training data", None)
         if self.d.main and o["figure_members"] > 0:
-            data, label = first_batch(self.streams, o["figure_members"])
+            data, label, cond = first_batch(self.streams, o["figure_members"])
+        if self.info.cond_channels and cond is None:
+            return FigureSpec((self.channels, *self.field_shape), self.info.mean, self.info.std, 0,
+                              o["figure_sampler"], o["figure_steps"], o["seed"])  # no condition: no figure
         return FigureSpec((self.channels, *self.field_shape), self.info.mean, self.info.std, o["figure_members"],
-                          o["figure_sampler"], o["figure_steps"], o["seed"], data, label, self.info.target)
+                          o["figure_sampler"], o["figure_steps"], o["seed"], data, label, self.info.target, cond)
 
     # -- the loop -------------------------------------------------------------------------------------------------
 

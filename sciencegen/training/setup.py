@@ -23,7 +23,8 @@ from .distributed import Distributed
 from .options import data_root
 from .state import ignore_stop_signals
 
-__all__ = ["DataInfo", "Streams", "data_info", "first_batch", "open_streams", "prepare_data", "training_meta"]
+__all__ = ["DataInfo", "Streams", "data_info", "first_batch", "open_streams", "prepare_data", "split_batch",
+           "training_meta"]
 
 
 def prepare_data(cfg: Any, dist: Distributed, progress: bool) -> Any:
@@ -99,15 +100,33 @@ class DataInfo:
     mean: np.ndarray
     std: np.ndarray
     target: Any
+    cond_channels: int = 0
+    conditioning: dict[str, Any] | None = None  # the store's conditioning layout + per-channel mean/std (C4)
 
 
 def data_info(prepared: Any, dataset_cfg: Any) -> DataInfo:
-    """Shape, channels, normalisation and (if the dataset has one) the exact law of the prepared data."""
+    """Shape, channels, conditioning, normalisation and (if the dataset has one) the exact law of the data."""
+    from ..data.conditioning import condition_layout
+
     target = None
     with contextlib.suppress(Exception):
         target = make_source(dataset_cfg).target()
+    layout = condition_layout(prepared.path)
+    conditioning = None
+    if layout is not None:
+        conditioning = {"kinds": layout.kinds, "inputs": layout.inputs, "static": layout.static,
+                        "state": layout.state, "mean": np.asarray(layout.mean, dtype=float).tolist(),
+                        "std": np.asarray(layout.std, dtype=float).tolist()}
     return DataInfo(Path(prepared.path), tuple(prepared.field_shape), len(prepared.spec.variables),
-                    np.asarray(prepared.mean, dtype=float), np.asarray(prepared.std, dtype=float), target)
+                    np.asarray(prepared.mean, dtype=float), np.asarray(prepared.std, dtype=float), target,
+                    0 if layout is None else int(layout.channels), conditioning)
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(target, cond)`` of a loader batch: a conditional store yields pairs, an unconditional one tensors."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch, None
 
 
 def training_meta(cfg: Any, prepared: Any, info: DataInfo, dataset_cfg: dict[str, Any],
@@ -115,22 +134,26 @@ def training_meta(cfg: Any, prepared: Any, info: DataInfo, dataset_cfg: dict[str
     """The meta of every checkpoint: resolved model config, dataset config, data layout, options, code."""
     spec = prepared.spec
     model_meta = resolve_model_config(cfg["model"], channels=info.channels, field_dims=spec.field_dims,
-                                      field_shape=info.field_shape, periodic=spec.periodic)
+                                      field_shape=info.field_shape, periodic=spec.periodic,
+                                      cond_channels=info.cond_channels)
     return {
         "model": model_meta,
         "dataset": dataset_cfg,
         "data": {**spec.as_dict(), "field_shape": list(info.field_shape), "mean": info.mean.tolist(),
-                 "std": info.std.tolist(), "store": str(Path(prepared.path).resolve())},
+                 "std": info.std.tolist(), "store": str(Path(prepared.path).resolve()),
+                 "conditioning": info.conditioning},
         "train": dict(opts),
         "code": code_version(),
     }
 
 
-def first_batch(streams: Streams, members: int) -> tuple[torch.Tensor | None, str]:
-    """The data row of the sample figures: the first held-out (else training) fields, and its label."""
+def first_batch(streams: Streams, members: int) -> tuple[torch.Tensor | None, str, torch.Tensor | None]:
+    """The data row of the sample figures: the first held-out (else training) fields, its label, and their
+    conditions (``None`` for unconditional data; each figure member is drawn given one data field's condition)."""
     src = streams.validation if streams.validation is not None else streams.train
     label = "held-out data" if streams.validation is not None else "training data"
     try:
-        return next(iter(src))[:members].double().cpu(), label
+        x, cond = split_batch(next(iter(src)))
+        return x[:members].double().cpu(), label, None if cond is None else cond[:members].cpu()
     except Exception:
-        return None, label
+        return None, label, None

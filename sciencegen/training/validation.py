@@ -41,7 +41,7 @@ def validation_losses(models: Mapping[str, nn.Module], stream: Iterable[torch.Te
         ``{label: denoiser}`` (e.g. the EMA and the raw weights); each is evaluated in eval mode and left in
         the mode it was in.
     stream
-        Batches of normalised fields ``[B, C, *field]``.
+        Batches of normalised fields ``[B, C, *field]``, or ``(fields, conditions)`` pairs.
     batches
         Batches read.
     seed, p_mean, p_std
@@ -60,17 +60,19 @@ def validation_losses(models: Mapping[str, nn.Module], stream: Iterable[torch.Te
     """
     totals = dict.fromkeys(models, 0.0)
     n = 0
-    for b, x0 in enumerate(stream):
+    for b, batch in enumerate(stream):
         if b >= batches:
             break
+        x0, cond = batch if isinstance(batch, (tuple, list)) else (batch, None)
         x0 = x0.to(device)
+        cond = None if cond is None else cond.to(device)
         sigma, noise = train_noise(seed, 0, range(n, n + x0.shape[0]), x0.shape[1:], p_mean=p_mean, p_std=p_std,
                                    tag=VALID_TAG, device=device)
         for key, model in models.items():
             was = model.training
             model.eval()
             with autocast():
-                totals[key] += float(denoising_loss(model, x0, sigma, noise, sigma_data=sigma_data).sum())
+                totals[key] += float(denoising_loss(model, x0, sigma, noise, cond=cond, sigma_data=sigma_data).sum())
             model.train(was)
         n += x0.shape[0]
     if n == 0:
@@ -96,6 +98,9 @@ class FigureSpec:
         Its label (``"training data"`` or ``"held-out data"``).
     target
         The analytic law of the dataset, if any: its spectrum is drawn and the spectral error returned.
+    cond
+        Normalised conditions of the data row (conditional models): member ``i`` is drawn given the
+        condition of data field ``i``.
     """
 
     shape: tuple[int, ...]
@@ -108,6 +113,7 @@ class FigureSpec:
     data: torch.Tensor | None = None
     data_label: str = "training data"
     target: Any = None
+    cond: torch.Tensor | None = None
 
 
 def sample_figure(model: nn.Module, spec: FigureSpec, path: Path, *, title: str, device: torch.device,
@@ -129,8 +135,10 @@ def sample_figure(model: nn.Module, spec: FigureSpec, path: Path, *, title: str,
     import sciencegen
 
     try:
-        res = sciencegen.sample(model, spec.shape, spec.members, spec.sampler, spec.steps, seed=spec.seed,
-                                device=device, dtype=torch.float32)
+        members = spec.members if spec.cond is None else min(spec.members, spec.cond.shape[0])
+        res = sciencegen.sample(model, spec.shape, members, spec.sampler, spec.steps, seed=spec.seed,
+                                device=device, dtype=torch.float32,
+                                cond=None if spec.cond is None else spec.cond[:members])
         scale = torch.as_tensor(spec.std, dtype=torch.float64).reshape(1, -1, 1, 1)
         shift = torch.as_tensor(spec.mean, dtype=torch.float64).reshape(1, -1, 1, 1)
         samples = res.samples.double().cpu() * scale + shift

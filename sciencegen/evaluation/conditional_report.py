@@ -1,0 +1,189 @@
+"""What the evaluation of a conditional store tells: ``metrics.json``, ``report.md`` and the terminal summary.
+
+:func:`conditional_result` assembles ``metrics.json`` (its ``conditional`` section: per variable, per lead time,
+per method); :func:`conditional_markdown` and :func:`conditional_summary` render that same result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .common import TASK_BYTES
+
+__all__ = ["CONDITIONAL_CAPTIONS", "beaten_sentence", "conditional_markdown", "conditional_result",
+           "conditional_summary"]
+
+#: the figures of a conditional evaluation and their captions in ``report.md``
+CONDITIONAL_CAPTIONS = {
+    "scores.png": "CRPS and corrected spread/skill of the generated ensemble and the baselines against lead time",
+    "ranks.png": "Rank histograms of the truth among the members (pooled over points and cases)",
+    "conditions.png": "Input, truth, members and ensemble mean for a few cases",
+    "spectra.png": "Isotropic spectra of the members and the truths, and their ratio",
+}
+
+#: the baselines a model is compared with in the report's sentence
+BASELINES = ("climatology", "persistence", "nearest", "bicubic")
+
+
+def _fmt(x: Any, spec: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
+
+
+def _command() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
+    except Exception:
+        return None
+
+
+def conditional_result(dataset: Mapping[str, Any], samples: dict[str, Any], section: dict[str, Any],
+                       cost: dict[str, Any], warn: list[str], sched: str) -> dict[str, Any]:
+    """The content of ``metrics.json`` for a conditional store (before ``seconds``, ``figures``, ``output``).
+
+    Parameters
+    ----------
+    dataset
+        The plain dataset config.
+    samples
+        What the store holds (path, conditions, members, evaluated and excluded conditions, model, sampler, ...).
+    section
+        The ``conditional`` section: ``conditions``, ``members``, ``lead_times``, ``methods`` and ``variables``.
+    cost, warn, sched
+        Mean sampler cost, notes, what the computation ran on.
+    """
+    from .. import __version__
+
+    return {"version": __version__,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": _command(), "dataset": dict(dataset), "samples": samples,
+            "reference": {"source": "truth", "label": "truth", "samples": samples["evaluated_conditions"],
+                          "description": "the truths stored with the conditions (truth_<variable>)"},
+            "grid": section.pop("grid"), "conditional": section, "cost": cost, "warnings": warn,
+            "scheduler": sched, "settings": {"task_bytes": TASK_BYTES}}
+
+
+def _lead_label(lead: Any) -> str:
+    return "—" if lead is None else str(lead)
+
+
+def beaten_sentence(v: str, leads: Sequence[Mapping[str, Any]]) -> str:
+    """Which baselines the generated ensemble beats (lower CRPS), at which lead times, and how far it is from the
+    exact posterior."""
+    parts = []
+    scored = [e for e in leads if "model" in e["methods"]]
+    for b in BASELINES:
+        have = [e for e in scored if b in e["methods"]]
+        if not have:
+            continue
+        won = [e for e in have if e["methods"]["model"]["crps"] < e["methods"][b]["crps"]]
+        if len(won) == len(have):
+            parts.append(f"beats {b}" + (" at every lead time" if len(have) > 1 else ""))
+        elif not won:
+            parts.append(f"does not beat {b}")
+        else:
+            parts.append(f"beats {b} at lead times {', '.join(_lead_label(e['lead_time']) for e in won)} only")
+    text = f"**{v}**: the generated ensemble " + ("; ".join(parts) if parts else "has no baseline to beat")
+    ratios = [e["methods"]["model"]["crps"] / e["methods"]["exact"]["crps"] - 1 for e in scored
+              if "exact" in e["methods"] and e["methods"]["exact"]["crps"]]
+    if ratios:
+        r = max(ratios, key=abs)
+        text += (f"; its CRPS is {100 * abs(r):.1f} % {'above' if r > 0 else 'below'} the exact posterior's"
+                 + (" (the largest difference over lead times)" if len(ratios) > 1 else ""))
+    return text + " (CRPS, lower is better)."
+
+
+def _table(entry: Mapping[str, Any], units: str) -> list[str]:
+    head = ["method", "members", f"CRPS [{units or '1'}]", f"RMSE [{units or '1'}]", "spread/skill",
+            "rank χ² p", "spectral error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in entry["methods"].items():
+        chi = (m.get("rank") or {}).get("chi2") or {}
+        p = chi.get("p_value")
+        p_text = "—" if p is None else f"{p:.3g} (χ² {chi['statistic']:.1f}, {chi['dof']} dof)"
+        crps = _fmt(m["crps"]) + ("" if m["members"] >= 2 else " (MAE)")
+        lines.append(f"| {name} | {m['members']} | {crps} | {_fmt(m['rmse'])} | {_fmt(m['spread_skill'], '.3f')} | "
+                     f"{p_text} | {_fmt(m['spectral_error'], '.3f')} |")
+    return lines
+
+
+def _data_lines(result: Mapping[str, Any]) -> list[str]:
+    s, c = result["samples"], result["conditional"]
+    leads = c["lead_times"]
+    lines = [f"# Evaluation of {s['path']} (conditional ensemble)", "",
+             f"{result['created']} · sciencegen {result['version']} · {result['seconds']:.1f} s · "
+             f"{result['scheduler']}", "", "## Data", ""]
+    lines.append(f"* **evaluated**: {s['evaluated_conditions']} conditions × {s['members']} members of "
+                 f"{s['conditions']} conditions" + (f", {len(leads)} lead times ({leads[0]}..{leads[-1]})" if leads
+                                                    else "")
+                 + f"; model {s.get('model') or '?'}, sampler {s.get('sampler') or '?'} "
+                 f"({s.get('sampler_steps') or '?'} steps), seed {s.get('seed')}")
+    excluded = [f"{s['incomplete_conditions']} with incomplete members"] if s["incomplete_conditions"] else []
+    excluded += [f"{s['unreadable_conditions']} unreadable"] if s["unreadable_conditions"] else []
+    if excluded:
+        lines.append(f"* **excluded conditions**: {', '.join(excluded)}")
+    unknown = {v: max(e["unknown_truth"] for e in m["leads"]) for v, m in c["variables"].items()}
+    lines.append("* **conditions without truth** (NaN truth: excluded): "
+                 + ", ".join(f"{v}: {n}" + (" at some lead time" if leads and n else "") for v, n in unknown.items()))
+    lines.append(f"* **conditions from**: {c.get('source') or '?'}; kinds: {', '.join(c.get('kinds') or []) or '?'}")
+    for name, desc in c["methods"].items():
+        lines.append(f"* **{name}**: {desc}")
+    if result.get("command"):
+        lines.append(f"* **command**: `{result['command']}`")
+    for w in result.get("warnings", []):
+        lines.append(f"* **note**: {w}")
+    return lines
+
+
+def conditional_markdown(result: Mapping[str, Any], figures: Sequence[str]) -> str:
+    """The text of ``report.md`` for a conditional store: the data, a table per variable (and lead time), which
+    baselines are beaten, the definitions and the figures."""
+    lines = _data_lines(result) + ["", "## Scores", ""]
+    for v, m in result["conditional"]["variables"].items():
+        lines += [beaten_sentence(v, m["leads"]), ""]
+        for e in m["leads"]:
+            title = f"### {v}" + ("" if e["lead_time"] is None else f", lead time {e['lead_time']}")
+            lines += [title, "", f"{e['conditions']} cases with a known truth"
+                      + (f" ({e['unknown_truth']} without: excluded)" if e["unknown_truth"] else "") + ".", ""]
+            lines += _table(e, m["units"]) + [""]
+        lines += [f"Rank χ² test on points thinned to every {m['rank_stride']} grid points per field dim (the "
+                  "generated members' deviations from their ensemble mean decorrelate to "
+                  f"{m['decorrelation']['threshold']} at that separation); ranks pooled into groups of expected "
+                  "count ≥ 5.", ""]
+    lines.append("Definitions (docs/evaluate.md): *CRPS* = fair CRPS (Ferro 2014) of the ensemble, mean over points "
+                 "and cases (one member: the absolute error); *RMSE* of the ensemble mean; *spread/skill* = "
+                 "sqrt((M+1)/M) · spread / RMSE, 1 for a calibrated ensemble; *rank χ² p* = p-value of the "
+                 "chi-squared test that the rank histogram is flat; *spectral error* = mean over the complete shells "
+                 "of |log(P_members(k) / P_truth(k))|.")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for f in figures:
+            caption = CONDITIONAL_CAPTIONS.get(f, f)
+            lines += [f"![{caption}]({f})", "", f"*{caption}.*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def conditional_summary(result: Mapping[str, Any]) -> str:
+    """The terminal summary of a conditional evaluation (several lines)."""
+    s, c = result["samples"], result["conditional"]
+    lines = [f"evaluated {s['evaluated_conditions']} conditions × {s['members']} members of {s['path']} against "
+             f"the truth in {result['seconds']:.1f} s"]
+    lines += [f"  note: {w}" for w in result.get("warnings", [])]
+    for v, m in c["variables"].items():
+        for e in m["leads"]:
+            where = "" if e["lead_time"] is None else f" lead {e['lead_time']}"
+            row = ", ".join(f"{k} {_fmt(x['crps'], '.4g')}" for k, x in e["methods"].items())
+            model = e["methods"].get("model")
+            ss = f"; spread/skill {_fmt(model['spread_skill'], '.3f')}" if model else ""
+            p = ((model or {}).get("rank") or {}).get("chi2", {}).get("p_value") if model else None
+            lines.append(f"  {v}{where}: CRPS {row}{ss}" + (f", rank χ² p {p:.3g}" if p is not None else ""))
+    out = result["output"]
+    lines.append(f"  wrote {out['metrics']}, {out['report']}" + (f" and {len(out['figures'])} figures"
+                                                                if out["figures"] else ""))
+    return "\n".join(lines)

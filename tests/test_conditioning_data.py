@@ -349,3 +349,23 @@ def test_hydra_config_overrides():
     ident = dataset_identity(cfg.dataset)
     assert ident["conditioning"] == {"state": {"_target_": f"{COND}.State", "lag": 3}}
     assert ident["ar"] == 0.9 and ident["length"] == 8
+
+
+def test_static_harmonics_are_fourier_features_of_position():
+    import xarray as xr
+
+    from sciencegen.data.conditioning import Static
+    from sciencegen.data.fields import FieldSpec
+
+    y, x = np.arange(8) * 0.25, np.arange(6) / 6
+    ds = xr.Dataset({"f": (("t", "y", "x"), np.zeros((2, 8, 6)))}, coords={"y": y, "x": x})
+    spec = FieldSpec(("f",), ("t",), ("y", "x"), {"y": True, "x": False})
+    made = Static(coords=True, harmonics=3).static("static", ds, spec, "test")
+    assert list(made) == ["static_sin_y", "static_cos_y", "static_sin2_y", "static_cos2_y", "static_sin3_y",
+                          "static_cos3_y", "static_x"]
+    phase = 2 * np.pi * y / 2.0  # period = 8 points x 0.25
+    assert np.allclose(made["static_sin3_y"][0].values[:, 0], np.sin(3 * phase), atol=1e-6)
+    assert np.allclose(made["static_cos2_y"][0].values[:, 4], np.cos(2 * phase), atol=1e-6)
+    assert np.allclose(made["static_x"][0].values[3], 2 * x / x.max() - 1, atol=1e-6)
+    with pytest.raises(Exception, match="harmonics must be an integer >= 1"):
+        Static(harmonics=0)

@@ -437,3 +437,28 @@ def test_trained_conditional_model_and_mismatched_checkpoints(root, tmp_path):
     plain = _train(tmp_path, root)
     with pytest.raises(GenerateError, match=r"trained with no conditioning, but the dataset has conditioning coarse"):
         run_generate(config([*COARSE, *over], root, f"model.checkpoint={plain}", f"output.path={tmp_path / 'v.zarr'}"))
+
+
+def test_static_maps_only_keep_the_unconditional_layout_and_give_every_member_the_maps(tmp_path, root):
+    """A dataset conditioned on static maps alone has one law for every member: no condition dim; member i
+    depends only on (seed, i) and is drawn given the maps (the exact StaticGRF law takes them)."""
+    cfg = config([*GRF, "+conditioning=static", "model=oracle", "generate.members=3", "generate.batch_size=3"],
+                 root, f"output.path={tmp_path / 's.zarr'}")
+    run_generate(cfg)
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert "condition" not in ds.dims and ds.sizes["member"] == 3 and bool(ds.complete.values.all())
+    from sciencegen.data.conditioning import condition_layout
+
+    layout = condition_layout(default_store_path(cfg.dataset, cfg.data_root))
+    static = torch.as_tensor(np.asarray(layout.static_values, dtype=np.float32))
+    assert static.shape[0] == 4  # sin and cos of both periodic dims
+    seen = []
+    oracle = oracle_denoiser(dataset_config(cfg.dataset))
+
+    def den(x, s, c):
+        seen.append(c)
+        return oracle(x, s, c)
+
+    ref = sciencegen.sample(den, (1, 16, 16), 3, "picard_sde", 24, seed=0, cond=static).samples
+    assert np.array_equal(ds.field.values, ref[:, 0].numpy())
+    assert all(torch.equal(c[0], static) for c in seen)

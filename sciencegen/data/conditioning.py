@@ -240,8 +240,9 @@ class Static(ConditionKind):
     """Fields that do not depend on the sample, on the field dims.
 
     Per coordinate dim ``d``: periodic → ``static_sin_d``, ``static_cos_d`` of ``2 pi (c - c0) / period`` (period
-    = points × spacing); otherwise ``static_d``, the coordinate scaled to [-1, 1]. Each user variable ``name``
-    (field dims only) → ``static_<name>``.
+    = points × spacing), and with ``harmonics`` K > 1 also ``static_sin<k>_d``, ``static_cos<k>_d`` of ``k`` times
+    that phase for k = 2..K (Fourier features of position); otherwise ``static_d``, the coordinate scaled to
+    [-1, 1]. Each user variable ``name`` (field dims only) → ``static_<name>``.
 
     Parameters
     ----------
@@ -249,16 +250,24 @@ class Static(ConditionKind):
         ``True``: every field dim; a list: those dims; ``False``: none.
     variables
         Static variables of the dataset (no sample dims), e.g. ``[orography, land_mask]``.
+    harmonics
+        Fourier features per periodic dim (>= 1): a convolutional net sees ``sin(k y)`` directly instead of
+        having to build it from ``sin y, cos y`` (e.g. up to the forcing wavenumber of Kolmogorov flow).
     """
 
-    def __init__(self, coords: bool | Sequence[str] = True, variables: Sequence[str] | str = ()):
+    def __init__(self, coords: bool | Sequence[str] = True, variables: Sequence[str] | str = (),
+                 harmonics: int = 1):
         self.coords = coords if isinstance(coords, bool) else tuple([coords] if isinstance(coords, str) else coords)
         self.variables = tuple([variables] if isinstance(variables, str) else variables or ())
+        if int(harmonics) != harmonics or harmonics < 1:
+            raise DataError(f"conditioning static: harmonics must be an integer >= 1, got {harmonics!r}")
+        self.harmonics = int(harmonics)
 
     def params(self) -> dict[str, Any]:
-        """``coords``, ``variables``."""
-        return {"coords": self.coords if isinstance(self.coords, bool) else list(self.coords),
-                "variables": list(self.variables)}
+        """``coords``, ``variables`` (and ``harmonics`` when more than one)."""
+        out = {"coords": self.coords if isinstance(self.coords, bool) else list(self.coords),
+               "variables": list(self.variables)}
+        return {**out, "harmonics": self.harmonics} if self.harmonics > 1 else out
 
     def needs(self) -> tuple[str, ...]:
         """The static variables."""
@@ -278,9 +287,11 @@ class Static(ConditionKind):
                 raise DataError(f"{label}: conditioning {key}: field dim {d!r} has one point; leave it out of coords")
             if spec.periodic.get(d):
                 phase = 2 * np.pi * (c - c[0]) / (shape[d] * (c[1] - c[0]))
-                for fn in ("sin", "cos"):
-                    out[f"static_{fn}_{d}"] = (_spread(getattr(np, fn)(phase), d, ds, spec),
-                                               {"kind": key, "source": "coord", "dim": d, "fn": fn})
+                for k in range(1, self.harmonics + 1):
+                    for fn in ("sin", "cos"):
+                        name = f"static_{fn}{k if k > 1 else ''}_{d}"
+                        out[name] = (_spread(getattr(np, fn)(k * phase), d, ds, spec),
+                                     {"kind": key, "source": "coord", "dim": d, "fn": fn, "harmonic": k})
             else:
                 scaled = 2 * (c - c.min()) / (c.max() - c.min()) - 1
                 out[f"static_{d}"] = (_spread(scaled, d, ds, spec), {"kind": key, "source": "coord", "dim": d,

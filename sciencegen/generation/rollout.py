@@ -22,7 +22,7 @@ from .conditions import Cases
 from .model import ModelInfo
 from .plan import GenerateError
 
-__all__ = ["feed", "physical", "sample_condition", "to_model"]
+__all__ = ["StaticConditioned", "feed", "physical", "sample_condition", "to_model"]
 
 
 def _channels(values: np.ndarray, ref: np.ndarray, lead: int) -> np.ndarray:
@@ -100,3 +100,27 @@ def sample_condition(sampler: Callable[..., Any], model: Any, info: ModelInfo, c
         cond = feed(per_member, x.astype(np.float64), cases, info.variables)
     stacked = np.stack(leads, axis=1)  # [n, L, V, *field]
     return ({v: np.ascontiguousarray(stacked[:, :, i]) for i, v in enumerate(info.variables)}, rounds, nfe, total)
+
+
+class StaticConditioned:
+    """A denoiser called ``(x, sigma)`` that gives the model the same static condition channels every time.
+
+    The denoiser of a dataset whose only conditioning is static maps (position, orography, a land-sea mask):
+    the law is the same for every member, so the ensemble keeps the unconditional layout (member ``i``
+    depends only on ``(seed, i)``) and every item of a round is given the maps (an expanded view, no copy).
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x, sigma, cond)``.
+    static
+        ``[C_cond, *field]`` in the model's units (:func:`to_model`).
+    """
+
+    def __init__(self, denoiser: Any, static: np.ndarray):
+        self.denoiser = denoiser
+        self.static = torch.as_tensor(np.asarray(static, dtype=np.float32))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c = self.static.to(device=x.device, dtype=x.dtype)
+        return self.denoiser(x, sigma, c.expand(x.shape[0], *c.shape))

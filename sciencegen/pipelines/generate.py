@@ -63,7 +63,7 @@ from ..generation.plan import (
     shard_chunks,
     store_attrs,
 )
-from ..generation.rollout import sample_condition
+from ..generation.rollout import StaticConditioned, sample_condition, to_model
 from ..ranks import Ranks, pick_device
 
 __all__ = [
@@ -264,8 +264,13 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
     from .. import __version__
 
     dataset = dataset_config(cfg["dataset"])
+    layout = None
     if make_kinds(dataset.get("conditioning")):
-        return _setup_conditional(cfg, job, dist, dataset)
+        prepared = _prepared(cfg, dataset, dist)
+        layout = condition_layout(prepared.path)
+        if layout.inputs:
+            return _setup_conditional(cfg, job, dist, dataset, prepared)
+        # static maps only: one law for every member, the unconditional layout, each member given the maps
     condition = cfg.get("condition") or {}
     if condition.get("path") or job.lead_times is not None:
         what = "condition.path" if condition.get("path") else "generate.lead_times"
@@ -273,7 +278,11 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
                             "(set dataset.conditioning, see docs/data.md)")
     ds, spec, label = make_source(dataset).open()
     field_shape = tuple(int(ds.sizes[d]) for d in spec.field_dims)
-    info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device)
+    if layout is None:
+        info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device)
+    else:
+        info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device, layout_dict(layout))
+        info.denoiser = StaticConditioned(info.denoiser, to_model(np.asarray(layout.static_values), info))
     identity = {"dataset": dataset_identity(dataset), "model": info.identity, "sampler": job.identity_sampler,
                 "seed": job.seed, "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
                 "variables": list(info.variables), "field_dims": list(info.field_dims)}
@@ -289,12 +298,11 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
     return info, identity, make_template, label, None
 
 
-def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any]
+def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any], prepared: Any
                        ) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str, Cases]:
-    """:func:`_setup` for a dataset with ``conditioning``: the prepared store, its layout, the model, the cases."""
+    """:func:`_setup` for a dataset with per-sample inputs: the prepared store's layout, the model, the cases."""
     from .. import __version__
 
-    prepared = _prepared(cfg, dataset, dist)
     layout = condition_layout(prepared.path)
     spec, field_shape = prepared.spec, tuple(prepared.field_shape)
     label = f"{dataset.get('name')} ({prepared.path})"

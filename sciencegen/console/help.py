@@ -83,6 +83,9 @@ def help_text(prog: str, overrides: Sequence[str] = (), width: int = 110) -> str
     for g in groups:
         opts = ", ".join(f"{o}*" if o == choices[g] else o for o in options[g])
         out.append(f"  {g:<10} {opts}")
+    if "dataset" in choices and "conditioning" in options and "conditioning" not in choices:
+        out.append(f"  {'+conditioning':<10} {', '.join(options['conditioning'])} (added to the dataset; several: "
+                   "+conditioning=[state,static]; docs/conditional.md)")
     out += ["", "Keys (KEY=VALUE; the value in use, then what the key does):"]
     rows = _rows(cfg, groups, notes)
     left = min(max((len(k) + len(v) + 3 for k, v, _ in rows), default=0), 52)

@@ -190,7 +190,8 @@ def _headline(cfg: Any, result: dict[str, Any], run: Path) -> tuple[dict[str, An
     gen = result.get("generate")
     if gen and gen.get("done"):
         chunks = -(-gen["done"] // int(cfg["generate"]["batch_size"]))
-        head["rounds_per_batch"] = gen["rounds"] / max(chunks, 1)
+        leads = int(gen.get("lead_times") or 1)  # a forecast rollout walks the grid once per lead time
+        head["rounds_per_batch"] = gen["rounds"] / max(chunks * leads, 1)
         head["sequential_rounds"] = seq_rounds
     err = _find(result.get("evaluate") or {}, "spectral_error")
     if err is not None:
@@ -206,7 +207,9 @@ def _report(head: Mapping[str, Any], names: tuple[str, str], run: Path, oracle: 
     _line(f"  ensemble store: {run / 'samples.zarr'}   (xarray.open_zarr)")
     if evaluated:
         _line(f"  report: {run / 'evaluation' / 'report.md'}   figures: {run / 'evaluation'}/*.png")
-    if "rounds_per_batch" in head:
+    if "rounds_per_batch" in head and names[0] == names[1]:
+        _line(f"  {names[0]}: {head['rounds_per_batch']:.0f} sequential rounds per batch (a sequential sampler)")
+    elif "rounds_per_batch" in head:
         seq_rounds = head["sequential_rounds"]
         _line(f"  {names[0]}: {head['rounds_per_batch']:.0f} sequential rounds per batch vs {seq_rounds} for "
               f"{names[1]} ({seq_rounds / head['rounds_per_batch']:.1f}x fewer)")

@@ -290,8 +290,9 @@ class Static(ConditionKind):
                 for k in range(1, self.harmonics + 1):
                     for fn in ("sin", "cos"):
                         name = f"static_{fn}{k if k > 1 else ''}_{d}"
+                        info = {"kind": key, "source": "coord", "dim": d, "fn": fn}
                         out[name] = (_spread(getattr(np, fn)(k * phase), d, ds, spec),
-                                     {"kind": key, "source": "coord", "dim": d, "fn": fn, "harmonic": k})
+                                     {**info, "harmonic": k} if k > 1 else info)
             else:
                 scaled = 2 * (c - c.min()) / (c.max() - c.min()) - 1
                 out[f"static_{d}"] = (_spread(scaled, d, ds, spec), {"kind": key, "source": "coord", "dim": d,

@@ -370,3 +370,17 @@ def test_defaults_live_only_in_the_yaml(tmp_path):
     cfg = compose_cfg("evaluate", [f"samples.path={tmp_path / 's.zarr'}", f"output.dir={tmp_path}"])
     o = read_options(cfg)
     assert (o.bins, o.panel, o.holdout, o.source) == (64, 4, 0.1, "auto")
+
+
+def test_no_false_note_for_keys_that_do_not_change_the_data():
+    """A store records its dataset's identity (no `length` without `ar`, no null `conditioning`): evaluating it
+    with the full config of the same dataset notes no difference; a real difference is noted."""
+    from sciencegen.data.prepare import dataset_identity
+    from sciencegen.evaluation.references import dataset_hint
+
+    full = {"_target_": "sciencegen.physics.datasets.GRFSource", "name": "grf", "size": 32, "samples": 64,
+            "ar": None, "length": 16, "conditioning": None, "seed": 0}
+    recorded = dataset_identity(full)
+    assert "length" not in recorded and dataset_hint(recorded, full) == ("", None)
+    hint, note = dataset_hint(recorded, {**full, "size": 16})
+    assert "dataset.size=32 (now 16)" in note and "dataset.size=32" in hint

@@ -405,6 +405,11 @@ def dataset_hint(store_dataset: Mapping[str, Any] | None, dataset: Mapping[str, 
     """
     if not store_dataset:
         return "", None
+    from ..data.prepare import dataset_identity
+
+    # compared as identities: keys that do not change the data (a null `conditioning`, `length` without `ar`,
+    # `max_gb`) are left out of the one a store records
+    store_dataset, dataset = dataset_identity(store_dataset), dataset_identity(dataset)
     keys = [k for k in sorted(set(store_dataset) | set(dataset)) if store_dataset.get(k) != dataset.get(k)]
     diffs = [f"dataset.{k}={json.dumps(store_dataset.get(k))} (now {json.dumps(dataset.get(k))})" for k in keys]
     if not diffs:

@@ -119,9 +119,9 @@ def _data_lines(result: Mapping[str, Any]) -> list[str]:
     lines = [f"# Evaluation of {s['path']} (conditional ensemble)", "",
              f"{result['created']} · sciencegen {result['version']} · {result['seconds']:.1f} s · "
              f"{result['scheduler']}", "", "## Data", ""]
-    lines.append(f"* **evaluated**: {s['evaluated_conditions']} conditions × {s['members']} members of "
-                 f"{s['conditions']} conditions" + (f", {len(leads)} lead times ({leads[0]}..{leads[-1]})" if leads
-                                                    else "")
+    of = "" if s["evaluated_conditions"] == s["conditions"] else f" (of the store's {s['conditions']} conditions)"
+    lines.append(f"* **evaluated**: {s['evaluated_conditions']} conditions × {s['members']} members{of}"
+                 + (f", {len(leads)} lead times ({leads[0]}..{leads[-1]})" if leads else "")
                  + f"; model {s.get('model') or '?'}, sampler {s.get('sampler') or '?'} "
                  f"({s.get('sampler_steps') or '?'} steps), seed {s.get('seed')}")
     excluded = [f"{s['incomplete_conditions']} with incomplete members"] if s["incomplete_conditions"] else []

@@ -206,15 +206,28 @@ def _controller_states(job_ids: list[str], env: dict[str, str]) -> list[str]:
 
 
 def _wait(job_ids: list[str], expected: int, env: dict[str, str], logs: Path, timeout: float = JOB_TIMEOUT,
-          ) -> dict[str, str]:
+          settle: float = 20.0) -> dict[str, str]:
     """Poll ``sacct`` until ``expected`` rows (jobs + array tasks) all have a final state, or one failed and
-    none is still pending/running (:func:`_wait_for`: fails fast on a job that can never start)."""
+    none is still pending/running (:func:`_wait_for`: fails fast on a job that can never start).
+
+    A state other than COMPLETED must hold for ``settle`` seconds, in ``sacct`` and in slurmctld alike: a job
+    that requeues itself from its batch script reads FAILED in both for a moment before it is pending again."""
+    seen: dict[str, float] = {}
+
     def final() -> dict[str, str] | None:
         rows = _sacct(job_ids, env)
         done = rows and all(s in FINAL for s in rows.values())
         ctl = _controller_states(job_ids, env) if done else []
         done = done and (not ctl or sorted(ctl) == sorted(rows.values()))   # sacct caught up with slurmctld
-        return rows if done and (len(rows) >= expected or any(s != "COMPLETED" for s in rows.values())) else None
+        done = done and (len(rows) >= expected or any(s != "COMPLETED" for s in rows.values()))
+        if not done:
+            seen.clear()
+            return None
+        key = repr(sorted(rows.items()))
+        first = seen.setdefault(key, time.monotonic())
+        if all(s == "COMPLETED" for s in rows.values()) or time.monotonic() - first >= settle:
+            return rows
+        return None
 
     return _wait_for(f"jobs {job_ids}", final, lambda: job_ids, env, logs, timeout)
 

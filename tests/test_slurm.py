@@ -205,6 +205,11 @@ def _controller_states(job_ids: list[str], env: dict[str, str]) -> list[str]:
     return states
 
 
+#: after a self-requeue, how long a FAILED read must hold before a wait believes it (longer than the hold of a
+#: requeued job, about two minutes, should releasing it at once not take)
+REQUEUE_SETTLE = 150.0
+
+
 def _wait(job_ids: list[str], expected: int, env: dict[str, str], logs: Path, timeout: float = JOB_TIMEOUT,
           settle: float = 20.0) -> dict[str, str]:
     """Poll ``sacct`` until ``expected`` rows (jobs + array tasks) all have a final state, or one failed and
@@ -504,7 +509,7 @@ def test_train_sigterm_checkpoints_and_requeues(cluster, tmp_path):
                    f"--export=ALL,RUN_DIR={run}", str(WORKFLOWS / "train_ddp.sbatch"), *train], env, tmp_path)
     metrics = run / "metrics.csv"
     _sigterm_and_requeue(job, env, logs, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) > 1)
-    rows = _wait([job], 1, env, logs)
+    rows = _wait([job], 1, env, logs, settle=REQUEUE_SETTLE)
     _assert_completed(rows, 1, logs)
     log = (logs / f"train-{job}.out").read_text()
     first, _, second = log.partition(f"sciencegen-train: job {job} requeued (restart 1)")
@@ -549,7 +554,7 @@ def test_generate_sigterm_requeues_and_completes(cluster, tmp_path):
     # SIGTERM once a chunk is complete (its flags are on disk: zarr v3 complete/c/N, v2 complete/N)
     flags = store / "complete"
     _sigterm_and_requeue(task, env, logs, lambda: any(flags.glob("c/*")) or any(flags.glob("[0-9]*")))
-    rows = _wait([job], 1, env, logs)
+    rows = _wait([job], 1, env, logs, settle=REQUEUE_SETTLE)
     ref_out, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0, ref_out
     _assert_completed(rows, 1, logs)

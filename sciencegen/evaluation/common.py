@@ -7,6 +7,7 @@ over ``(dim, *field_dims)``, chunked in tasks of about :data:`TASK_BYTES` of flo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,8 @@ import xarray as xr
 
 from ..errors import SciencegenError
 
-__all__ = ["TASK_BYTES", "EvaluateError", "Side", "dims_text", "first_line", "rechunk", "runs", "task_members"]
+__all__ = ["TASK_BYTES", "EvaluateError", "Side", "command_line", "dims_text", "first_line", "fmt", "rechunk", "runs",
+           "task_members"]
 
 #: target size of one Dask task's float32 fields (the store's chunks are split or merged to about this)
 TASK_BYTES = 16 << 20
@@ -101,3 +103,21 @@ def rechunk(da: xr.DataArray, dim: str, members: int) -> xr.DataArray:
     first = int(da.chunksizes[dim][0]) if da.sizes[dim] else 1
     size = (members // first) * first if first <= members else members
     return da.chunk({dim: max(1, min(size, max(1, da.sizes[dim])))} | {d: -1 for d in da.dims if d != dim})
+
+
+def fmt(x: Any, spec: str = ".4g") -> str:
+    """A number for a report table: ``spec``-formatted, ``—`` for a missing or non-finite one."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
+
+
+def command_line() -> str | None:
+    """The command line of the running Hydra job (``None`` outside one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
+    except Exception:
+        return None
+

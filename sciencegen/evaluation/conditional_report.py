@@ -7,11 +7,10 @@ per method); :func:`conditional_markdown` and :func:`conditional_summary` render
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import TASK_BYTES
+from .common import TASK_BYTES, command_line, fmt
 
 __all__ = ["CONDITIONAL_CAPTIONS", "beaten_sentence", "conditional_markdown", "conditional_result",
            "conditional_summary"]
@@ -28,19 +27,6 @@ CONDITIONAL_CAPTIONS = {
 BASELINES = ("climatology", "persistence", "nearest", "bicubic")
 
 
-def _fmt(x: Any, spec: str = ".4g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return format(x, spec)
-
-
-def _command() -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
-    except Exception:
-        return None
 
 
 def conditional_result(dataset: Mapping[str, Any], samples: dict[str, Any], section: dict[str, Any],
@@ -62,7 +48,7 @@ def conditional_result(dataset: Mapping[str, Any], samples: dict[str, Any], sect
 
     return {"version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "command": _command(), "dataset": dict(dataset), "samples": samples,
+            "command": command_line(), "dataset": dict(dataset), "samples": samples,
             "reference": {"source": "truth", "label": "truth", "samples": samples["evaluated_conditions"],
                           "description": "the truths stored with the conditions (truth_<variable>)"},
             "grid": section.pop("grid"), "conditional": section, "cost": cost, "warnings": warn,
@@ -107,9 +93,9 @@ def _table(entry: Mapping[str, Any], units: str) -> list[str]:
         chi = (m.get("rank") or {}).get("chi2") or {}
         p = chi.get("p_value")
         p_text = "—" if p is None else f"{p:.3g} (χ² {chi['statistic']:.1f}, {chi['dof']} dof)"
-        crps = _fmt(m["crps"]) + ("" if m["members"] >= 2 else " (MAE)")
-        lines.append(f"| {name} | {m['members']} | {crps} | {_fmt(m['rmse'])} | {_fmt(m['spread_skill'], '.3f')} | "
-                     f"{p_text} | {_fmt(m['spectral_error'], '.3f')} |")
+        crps = fmt(m["crps"]) + ("" if m["members"] >= 2 else " (MAE)")
+        lines.append(f"| {name} | {m['members']} | {crps} | {fmt(m['rmse'])} | {fmt(m['spread_skill'], '.3f')} | "
+                     f"{p_text} | {fmt(m['spectral_error'], '.3f')} |")
     return lines
 
 
@@ -178,9 +164,9 @@ def conditional_summary(result: Mapping[str, Any]) -> str:
     for v, m in c["variables"].items():
         for e in m["leads"]:
             where = "" if e["lead_time"] is None else f" lead {e['lead_time']}"
-            row = ", ".join(f"{k} {_fmt(x['crps'], '.4g')}" for k, x in e["methods"].items())
+            row = ", ".join(f"{k} {fmt(x['crps'], '.4g')}" for k, x in e["methods"].items())
             model = e["methods"].get("model")
-            ss = f"; spread/skill {_fmt(model['spread_skill'], '.3f')}" if model else ""
+            ss = f"; spread/skill {fmt(model['spread_skill'], '.3f')}" if model else ""
             p = ((model or {}).get("rank") or {}).get("chi2", {}).get("p_value") if model else None
             lines.append(f"  {v}{where}: CRPS {row}{ss}" + (f", rank χ² p {p:.3g}" if p is not None else ""))
     out = result["output"]

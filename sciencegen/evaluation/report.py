@@ -8,11 +8,10 @@ file never disagree. :func:`start_line` is the line logged when the computation 
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import TASK_BYTES, Side, dims_text
+from .common import TASK_BYTES, Side, command_line, dims_text, fmt
 from .metrics import W1_BINS
 
 __all__ = ["FIGURE_CAPTIONS", "build_result", "figure_title", "format_summary", "report_markdown", "start_line"]
@@ -24,20 +23,6 @@ FIGURE_CAPTIONS = {"samples.png": "Generated fields (top) next to reference fiel
                    "correlation.png": "Two-point correlation"}
 
 
-def _fmt(x: Any, spec: str = ".4g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return format(x, spec)
-
-
-def _command() -> str | None:
-    """The command line of the running Hydra job (``None`` outside one)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
-    except Exception:
-        return None
 
 
 def build_result(dataset: dict[str, Any], samples: Side, ref: Side, metrics: dict[str, Any], cost: dict[str, Any],
@@ -67,7 +52,7 @@ def build_result(dataset: dict[str, Any], samples: Side, ref: Side, metrics: dic
     return {
         "version": __version__,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": _command(),
+        "command": command_line(),
         "dataset": dataset,
         "samples": samples.info,
         "reference": {**{k: x for k, x in ref.info.items() if k != "warning"}, "label": ref.label},
@@ -139,15 +124,15 @@ def _numbers_section(result: Mapping[str, Any]) -> list[str]:
     for v, m in result["variables"].items():
         ms, mr = m["moments"]["sample"], m["moments"]["reference"]
         mx = m["moments"].get("exact", mr)
-        row = [f"{v} [{m['units'] or '1'}]", _fmt(m["spectral_error"])]
+        row = [f"{v} [{m['units'] or '1'}]", fmt(m["spectral_error"])]
         if exact:
-            row += [_fmt(m.get("spectral_error_all_shells")), _fmt(m.get("spectral_error_floor"))]
-        row += [_fmt(m["w1"]), _fmt(m["w1_normalised"])]
-        row += [f"{_fmt(ms[q])} / {_fmt(mx[q])}" for q in ("mean", "std", "skewness", "kurtosis")]
-        row.append(_fmt(m["correlation"]["max_abs_diff"]))
+            row += [fmt(m.get("spectral_error_all_shells")), fmt(m.get("spectral_error_floor"))]
+        row += [fmt(m["w1"]), fmt(m["w1_normalised"])]
+        row += [f"{fmt(ms[q])} / {fmt(mx[q])}" for q in ("mean", "std", "skewness", "kurtosis")]
+        row.append(fmt(m["correlation"]["max_abs_diff"]))
         lines.append("| " + " | ".join(row) + " |")
     c = result["cost"]
-    lines += ["", f"Sampler cost: {_fmt(c['rounds_mean'], '.1f')} sequential rounds and {_fmt(c['nfe_mean'], '.1f')}"
+    lines += ["", f"Sampler cost: {fmt(c['rounds_mean'], '.1f')} sequential rounds and {fmt(c['nfe_mean'], '.1f')}"
               " denoiser evaluations (NFE) per member (means over the complete members).", ""]
     return lines
 
@@ -193,15 +178,15 @@ def _variable_summary(v: str, m: Mapping[str, Any]) -> list[str]:
     mr = m["moments"].get("exact", m["moments"]["reference"])
     extra = ""
     if "spectral_error_all_shells" in m:
-        extra = f" (project spectral_error {_fmt(m['spectral_error_all_shells'], '.4f')}"
-        extra += f", noise floor {_fmt(m.get('spectral_error_floor'), '.4f')})"
+        extra = f" (project spectral_error {fmt(m['spectral_error_all_shells'], '.4f')}"
+        extra += f", noise floor {fmt(m.get('spectral_error_floor'), '.4f')})"
     elif "spectral_error_floor" in m:
-        extra = f" (noise floor {_fmt(m.get('spectral_error_floor'), '.4f')})"
-    dc = _fmt(m["correlation"]["max_abs_diff"], ".3g")
-    pairs = ", ".join(f"{q} {_fmt(ms[q], '.4g')} / {_fmt(mr[q], '.4g')}"
+        extra = f" (noise floor {fmt(m.get('spectral_error_floor'), '.4f')})"
+    dc = fmt(m["correlation"]["max_abs_diff"], ".3g")
+    pairs = ", ".join(f"{q} {fmt(ms[q], '.4g')} / {fmt(mr[q], '.4g')}"
                       for q in ("mean", "std", "skewness", "kurtosis"))
-    return [f"  {v}: spectral error {_fmt(m['spectral_error'], '.4f')}{extra}, W1 {_fmt(m['w1'], '.4g')} "
-            f"({_fmt(m['w1_normalised'], '.3g')} std), max dC(r) {dc}",
+    return [f"  {v}: spectral error {fmt(m['spectral_error'], '.4f')}{extra}, W1 {fmt(m['w1'], '.4g')} "
+            f"({fmt(m['w1_normalised'], '.3g')} std), max dC(r) {dc}",
             f"      {pairs} (generated / reference)"]
 
 
@@ -222,7 +207,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
         lines += _variable_summary(v, m)
     c = result["cost"]
     if c["nfe_mean"] is not None:
-        lines.append(f"  cost: {_fmt(c['rounds_mean'], '.1f')} rounds, {_fmt(c['nfe_mean'], '.1f')} NFE per member")
+        lines.append(f"  cost: {fmt(c['rounds_mean'], '.1f')} rounds, {fmt(c['nfe_mean'], '.1f')} NFE per member")
     out = result["output"]
     lines.append(f"  wrote {out['metrics']}, {out['report']}" + (f" and {len(out['figures'])} figures"
                                                                 if out["figures"] else ""))

@@ -29,7 +29,9 @@ class SampleResult:
         ``[members, *shape]`` at noise level 0 (EDM units of the denoiser).
     stats
         ``rounds`` (batched denoiser calls in sequence, summed over batches),
-        ``nfe`` (mean denoiser evaluations per member), ``nfe_per_member``,
+        ``nfe`` (mean network evaluations per member: denoiser calls times ``evaluations_per_call``, more
+        than 1 for a guided denoiser's vector-Jacobian products), ``nfe_per_member``, ``calls`` (mean
+        denoiser calls per member),
         ``rounds_per_member``, ``fallbacks`` (members' sequential fallbacks),
         ``residuals`` (per round, largest unaccepted residual), ``steps``,
         ``sampler`` and the resolved ``options``.
@@ -243,6 +245,7 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
         from tqdm.auto import tqdm
 
         bar = tqdm(total=members * table.steps, desc=sampler, unit="step", leave=False)
+    counted = _counter(denoiser)
     for lo in range(0, members, bs):
         ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
         x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
@@ -252,7 +255,24 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
         runs.append(st)
     if bar is not None:
         bar.close()
-    return SampleResult(samples=torch.cat(outs), stats=_stats(sampler, table.steps, ends, cfg, runs))
+    cost = _cost(denoiser, counted)
+    return SampleResult(samples=torch.cat(outs), stats=_stats(sampler, table.steps, ends, cfg, runs, cost))
+
+
+def _counter(denoiser: Any) -> tuple[int, int] | None:
+    """``(items, evaluations)`` of a denoiser that counts its own network work (e.g. a
+    :class:`~sciencegen.samplers.guidance.Guided` one), else ``None``."""
+    if hasattr(denoiser, "items") and hasattr(denoiser, "evaluations"):
+        return int(denoiser.items), int(denoiser.evaluations)
+    return None
+
+
+def _cost(denoiser: Any, before: tuple[int, int] | None) -> float:
+    """Network evaluations per denoiser call during this draw (1 unless the denoiser counts more)."""
+    after = _counter(denoiser)
+    if before is None or after is None or after[0] == before[0]:
+        return 1.0
+    return (after[1] - before[1]) / (after[0] - before[0])
 
 
 def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor, ids: list[int], seed: int,
@@ -270,10 +290,12 @@ def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor
     )
 
 
-def _stats(sampler: str, steps: int, ends: list[int], cfg: dict[str, Any], runs: list[WalkStats]
-           ) -> dict[str, Any]:
-    """The ``stats`` of a :class:`SampleResult` from the walks of its batches."""
-    nfe = torch.cat([st.nfe_per_member for st in runs])
+def _stats(sampler: str, steps: int, ends: list[int], cfg: dict[str, Any], runs: list[WalkStats],
+           cost: float = 1.0) -> dict[str, Any]:
+    """The ``stats`` of a :class:`SampleResult` from the walks of its batches; ``cost``: network evaluations
+    per denoiser call (a guided denoiser's vector-Jacobian products; 1 otherwise)."""
+    calls = torch.cat([st.nfe_per_member for st in runs])
+    nfe = calls if cost == 1.0 else calls.double() * cost
     fallbacks = torch.cat([st.fallbacks_per_member for st in runs])
     return {
         "sampler": sampler,
@@ -281,6 +303,8 @@ def _stats(sampler: str, steps: int, ends: list[int], cfg: dict[str, Any], runs:
         "rounds": sum(st.rounds for st in runs),
         "nfe": float(nfe.double().mean()),
         "nfe_per_member": nfe,
+        "calls": float(calls.double().mean()),
+        "evaluations_per_call": cost,
         "rounds_per_member": torch.cat([st.rounds_per_member for st in runs]),
         "fallbacks": int(fallbacks.sum()),
         "fallbacks_per_member": fallbacks,

@@ -13,7 +13,7 @@ from typing import Any
 from .common import TASK_BYTES, command_line, fmt
 
 __all__ = ["CONDITIONAL_CAPTIONS", "beaten_sentence", "conditional_markdown", "conditional_result",
-           "conditional_summary"]
+           "conditional_summary", "observed_lines"]
 
 #: the figures of a conditional evaluation and their captions in ``report.md``
 CONDITIONAL_CAPTIONS = {
@@ -21,6 +21,7 @@ CONDITIONAL_CAPTIONS = {
     "ranks.png": "Rank histograms of the truth among the members (pooled over points and cases)",
     "conditions.png": "Input, truth, members and ensemble mean for a few cases",
     "spectra.png": "Isotropic spectra of the members and the truths, and their ratio",
+    "observed_": "Truth, observations, member mean and std, exact posterior mean and std (where known) of",
 }
 
 #: the baselines a model is compared with in the report's sentence
@@ -147,12 +148,57 @@ def conditional_markdown(result: Mapping[str, Any], figures: Sequence[str]) -> s
                  "sqrt((M+1)/M) · spread / RMSE, 1 for a calibrated ensemble; *rank χ² p* = p-value of the "
                  "chi-squared test that the rank histogram is flat; *spectral error* = mean over the complete shells "
                  "of |log(P_members(k) / P_truth(k))|.")
+    if result.get("observed"):
+        lines += ["", *observed_lines(result["observed"])]
     if figures:
         lines += ["", "## Figures", ""]
         for f in figures:
             caption = CONDITIONAL_CAPTIONS.get(f, f)
+            if f.startswith("observed_"):
+                caption = f"{CONDITIONAL_CAPTIONS['observed_']} {f[len('observed_'):-len('.png')]} for a few cases"
             lines += [f"![{caption}]({f})", "", f"*{caption}.*", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _obs_table(scores: Mapping[str, Any], units: str) -> list[str]:
+    head = ["method", "points", f"CRPS [{units or '1'}]", f"RMSE [{units or '1'}]", "spread/skill"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, per in scores.items():
+        for subset, m in per.items():
+            kind = "" if m["crps_kind"] != "absolute error" else " (MAE)"
+            lines.append(f"| {name}, {subset} | {m['points']} | {fmt(m['crps'])}{kind} | {fmt(m['rmse'])} | "
+                         f"{fmt(m['spread_skill'], '.3f')} |")
+    return lines
+
+
+def observed_lines(obs: Mapping[str, Any]) -> list[str]:
+    """The report's section on an observation store: per variable the scores at observed and unobserved points,
+    the χ² of the members, the truth and the exact posterior, the ratio to the exact posterior's CRPS."""
+    settings = obs.get("settings") or {}
+    noise = settings.get("noise", "?")
+    noise = ", ".join(f"{k} {x}" for k, x in noise.items()) if isinstance(noise, Mapping) else noise
+    lines = ["## Observations", "",
+             f"{obs['cases']} cases observed by `{obs.get('kind') or '?'}` observations (likelihood "
+             f"{settings.get('likelihood', '?')}, noise {noise}); observed points = the "
+             "support of the observations (weight > 0), unobserved = the rest.", ""]
+    lines += [f"* **{k}**: {d}" for k, d in obs["methods"].items()] + [f"* **note**: {n}" for n in obs["notes"]]
+    for v, m in obs["variables"].items():
+        c = m["chi2"]
+        lines += ["", f"### {v} (observations)", "",
+                  f"{m['cases']} cases ({m['cases_with_truth']} with a known truth), {m['observations_per_case']:.1f} "
+                  f"observations per case, {100 * m['observed_fraction']:.1f} % of the points observed.", ""]
+        if m["skipped"]:
+            lines += [f"Not scored: {m['skipped']}.", ""]
+        else:
+            lines += _obs_table(m["scores"], m["units"]) + [""]
+        if m["crps_ratio_unobserved"] is not None:
+            lines += [f"CRPS at unobserved points: generated / exact posterior = {m['crps_ratio_unobserved']:.3f}.", ""]
+        lines.append(f"χ² = mean over observations of ((y − H x)/s)²: members {fmt(c['members'], '.3f')} ± "
+                     f"{fmt(c['members_se'], '.2g')}, truth {fmt(c['truth'], '.3f')} (expected 1), exact posterior "
+                     f"sample {fmt(c['exact_expected'], '.3f')} (its expectation given y)"
+                     f"{'; ' + c['note'] if c['note'] else ''}.")
+        lines += [f"* **baseline**: {n}" for n in m["baseline_notes"]]
+    return lines
 
 
 def conditional_summary(result: Mapping[str, Any]) -> str:
@@ -169,6 +215,12 @@ def conditional_summary(result: Mapping[str, Any]) -> str:
             ss = f"; spread/skill {fmt(model['spread_skill'], '.3f')}" if model else ""
             p = ((model or {}).get("rank") or {}).get("chi2", {}).get("p_value") if model else None
             lines.append(f"  {v}{where}: CRPS {row}{ss}" + (f", rank χ² p {p:.3g}" if p is not None else ""))
+    for v, m in (result.get("observed") or {}).get("variables", {}).items():
+        u = (m["scores"].get("model") or {}).get("unobserved") or {}
+        ratio = m["crps_ratio_unobserved"]
+        lines.append(f"  {v} observed: unobserved CRPS {fmt(u.get('crps'), '.4g')}, RMSE {fmt(u.get('rmse'), '.4g')}"
+                     + (f" ({ratio:.3f} x exact)" if ratio is not None else "")
+                     + f"; χ² members {fmt(m['chi2']['members'], '.3f')}, truth {fmt(m['chi2']['truth'], '.3f')}")
     out = result["output"]
     lines.append(f"  wrote {out['metrics']}, {out['report']}" + (f" and {len(out['figures'])} figures"
                                                                 if out["figures"] else ""))

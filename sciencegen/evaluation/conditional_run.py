@@ -3,7 +3,9 @@
 :func:`evaluate_conditional` is what ``sciencegen-evaluate`` runs when ``samples.path`` has a ``condition`` dim
 (:func:`~sciencegen.evaluation.cond_store.is_conditional`): the truth is in the store, so ``reference.*`` is not
 used. The dataset config that matters (for the exact conditional law and the periodicity of the field dims) is
-the one the store records (``sciencegen_ensemble`` identity), else the command's ``dataset``.
+the one the store records (``sciencegen_ensemble`` identity), else the command's ``dataset``. An observation
+store (root attribute ``sciencegen_observations``) is also scored by :mod:`~sciencegen.evaluation.observed`
+(scores at observed and unobserved points, χ², the exact posterior) in the same Dask pass.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..analysis.conditional_figures import (
     plot_rank_histograms,
     plot_scores,
 )
+from ..analysis.observed_figures import plot_observed
 from . import outputs
 from .baselines import Method, baseline_methods, exact_law_of, exact_method, law_fits, model_method
 from .common import first_line
@@ -28,6 +31,7 @@ from .cond_store import CondStore, open_conditional
 from .conditional import lead_scores, variable_scores
 from .conditional_report import conditional_markdown, conditional_result, conditional_summary
 from .metrics import scheduler
+from .observed import is_observed, plan_observed
 from .options import Options
 from .references import dataset_hint
 from .samples import Ensemble
@@ -167,6 +171,15 @@ def _figures(result: Mapping[str, Any], shown: dict[str, Any]) -> dict[str, outp
     return writers
 
 
+def _observed_figures(result: Mapping[str, Any], panels: dict[str, Any]) -> dict[str, outputs.Writer]:
+    """``observed_<var>.png`` per variable of an observation store."""
+    s, obs = result["samples"], result["observed"]
+    title = (f"{s.get('model') or '?'}, {s.get('sampler') or '?'}: observations {obs.get('kind') or '?'}, "
+             f"{s['evaluated_conditions']} cases x {s['members']} members")
+    return {f"observed_{v}.png": (lambda p, v=v: plot_observed(p, panels[v], v, obs["variables"][v]["units"], title))
+            for v in panels}
+
+
 def evaluate_conditional(dataset: Mapping[str, Any], o: Options, ens: Ensemble, t0: float) -> dict[str, Any]:
     """Score a conditional ensemble store against its truths: ``metrics.json``, ``report.md`` and figures.
 
@@ -208,7 +221,9 @@ def evaluate_conditional(dataset: Mapping[str, Any], o: Options, ens: Ensemble, 
                  int(store.evaluated.sum()), store.members, store.path, ", ".join(store.variables),
                  ", ".join(m.name for m in methods[store.variables[0]]), sched)
         lazy = {v: [e["lazy"] for e in ls] for v, ls in leads.items()}
-        got, shown = dask.compute(lazy, _lazy_panels(store, o.panel) if o.figures else {})
+        plan = plan_observed(store, ens.variables, conf) if is_observed(ens.ds) else None  # observation stores
+        got, shown, observed = dask.compute(lazy, _lazy_panels(store, o.panel) if o.figures else {},
+                                            plan.lazy if plan else {})
     for v, ls in leads.items():
         for e, g in zip(ls, got[v], strict=True):
             e["lazy"] = g
@@ -216,7 +231,12 @@ def evaluate_conditional(dataset: Mapping[str, Any], o: Options, ens: Ensemble, 
         notes.append("no evaluated condition has a known truth (conditions from a user's file?): nothing was scored")
     section = _section(store, methods, {v: variable_scores(store, v, ls) for v, ls in leads.items()})
     result = conditional_result(conf, _samples_info(ens, store), section, _cost(ens, store), notes, sched)
+    obs_panels: dict[str, Any] = {}
+    if plan is not None:
+        result["observed"], obs_panels = plan.finish(observed)
     figures = _figures(result, shown) if o.figures else {}
+    if plan is not None and o.figures:
+        figures |= _observed_figures(result, obs_panels)
     clean = outputs.write_evaluation(result, o.out_dir, figures, t0, report=conditional_markdown)
     log.info("%s", conditional_summary(clean))
     return clean

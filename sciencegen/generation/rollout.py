@@ -60,8 +60,9 @@ def _draw(sampler: Callable[..., Any], model: Any, info: ModelInfo, cond: np.nda
     """``n`` members from ``a`` given ``cond`` (physical); float32 physical members and the sampler's result."""
     shape = (len(info.variables), *info.field_shape)
     c = torch.as_tensor(to_model(cond, info), dtype=dtype, device=device)
+    no_channels = c.shape[c.ndim - 1 - len(info.field_shape)] == 0  # observed cases of an unconditional dataset
     res = sampler(model, shape, n, seed=seed, batch_size=batch, first_member=a, device=device, dtype=dtype,
-                  progress=False, cond=c)
+                  progress=False, cond=None if no_channels else c)
     x = physical(res.samples.detach().to("cpu", torch.float64).numpy(), info)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)).sum())

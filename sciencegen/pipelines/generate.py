@@ -54,6 +54,7 @@ from ..generation.conditions import (
     lead_attrs,
 )
 from ..generation.model import ModelInfo, dataset_differences, resolve_denoiser
+from ..generation.observe import ObservedCases, ObserveOptions, observed_cases, parse_observe
 from ..generation.plan import (
     GenerateError,
     Plan,
@@ -150,6 +151,7 @@ class _Job:
     device: torch.device
     conditions: int = 8
     lead_times: int | None = None
+    observe: ObserveOptions | None = None
 
 
 def _parse(cfg: Any) -> _Job:
@@ -178,8 +180,12 @@ def _parse(cfg: Any) -> _Job:
     device = pick_device(str(gen["device"]), local_rank, "generate.device", GenerateError)
     conditions = _int_option(gen, "conditions", 1, "generate") if gen.get("conditions") is not None else 8
     leads = _int_option(gen, "lead_times", 1, "generate") if gen.get("lead_times") is not None else None
+    observe = parse_observe(cfg.get("observe"))
+    if observe is not None and leads is not None:
+        raise GenerateError(f"generate.lead_times={leads} with observe.{observe.form}: forecast rollouts given "
+                            "observations are not supported (unset one of them)")
     return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
-                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device, conditions, leads)
+                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device, conditions, leads, observe)
 
 
 def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -189,8 +195,9 @@ def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
     ----------
     cfg
         The composed config of ``conf/generate.yaml`` (``dataset``, ``model``, ``sampler``, ``generate``,
-        ``output``, ``condition``). A dataset with ``conditioning`` makes a conditional ensemble
-        (docs/generate.md, "Conditional ensembles").
+        ``output``, ``condition``, ``observe``). A dataset with ``conditioning`` makes a conditional ensemble
+        (docs/generate.md, "Conditional ensembles"); ``observe`` one conditioned on observations ("Observations
+        (data assimilation)").
 
     Returns
     -------
@@ -242,6 +249,7 @@ def _run(cfg: Any, job: _Job, dist: Ranks, stop: Any, held: list[Plan]) -> dict[
     model = SplitDenoiser(info.denoiser) if dist.world > 1 else info.denoiser
     writer = dist.rank == 0 and todo.path is not None
     run = _announce(job, todo, info, label, dist.rank == 0)
+    run.observed = cases.summary() if isinstance(cases, ObservedCases) else None
     _sample_chunks(job, todo, info, model, run, stop, dist, writer, gen, cases)
     return _finish(job, todo, run, writer, out, dist.rank == 0)
 
@@ -265,10 +273,13 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
 
     dataset = dataset_config(cfg["dataset"])
     layout = None
-    if make_kinds(dataset.get("conditioning")):
+    if job.observe is not None and dist.world > 1:
+        raise GenerateError(f"observe.{job.observe.form} under torchrun ({dist.world} ranks): guided sampling runs "
+                            "in one process; split the work with generate.shard=i/n instead")
+    if make_kinds(dataset.get("conditioning")) or job.observe is not None:
         prepared = _prepared(cfg, dataset, dist)
         layout = condition_layout(prepared.path)
-        if layout.inputs:
+        if (layout is not None and layout.inputs) or job.observe is not None:
             return _setup_conditional(cfg, job, dist, dataset, prepared)
         # static maps only: one law for every member, the unconditional layout, each member given the maps
     condition = cfg.get("condition") or {}
@@ -300,14 +311,17 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
 
 def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any], prepared: Any
                        ) -> tuple[ModelInfo, dict[str, Any], Callable[..., xr.Dataset], str, Cases]:
-    """:func:`_setup` for a dataset with per-sample inputs: the prepared store's layout, the model, the cases."""
+    """:func:`_setup` for a dataset with per-sample inputs, or observed cases: the prepared store's layout, the
+    model, the cases."""
     from .. import __version__
 
     layout = condition_layout(prepared.path)
     spec, field_shape = prepared.spec, tuple(prepared.field_shape)
     label = f"{dataset.get('name')} ({prepared.path})"
-    info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device, layout_dict(layout))
-    check_rollout(layout, job.lead_times, f"dataset {dataset.get('name')}")
+    info = resolve_denoiser(cfg["model"], dataset, spec, field_shape, job.device,
+                            layout_dict(layout) if layout is not None else None)
+    if layout is not None:
+        check_rollout(layout, job.lead_times, f"dataset {dataset.get('name')}")
     cases = _cases(cfg, job, prepared, layout, info)
     identity = {"dataset": dataset_identity(dataset), "model": info.identity, "sampler": job.identity_sampler,
                 "seed": job.seed, "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
@@ -317,12 +331,13 @@ def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any]
     coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
     var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
                  for v in info.variables}
-    axis = cases.axis(lead_attrs(ds, layout.state))
+    axis = cases.axis(lead_attrs(ds, cases.layout.state))
 
     def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
         attrs = store_attrs(identity, info, cfg, job.resolved, __version__)
-        return template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
+        made = template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
                         coords=coords, var_attrs=var_attrs, attrs=attrs, conditions=axis)
+        return cases.extend(made) if isinstance(cases, ObservedCases) else made
 
     return info, identity, make_template, label, cases
 
@@ -348,6 +363,12 @@ def _cases(cfg: Any, job: _Job, prepared: Any, layout: Any, info: ModelInfo) -> 
     """The conditions: every case of ``condition.path`` (after ``condition.select``), else held-out samples."""
     condition = cfg.get("condition") or {}
     path, select = condition.get("path"), condition.get("select")
+    if job.observe is not None:
+        holdout = info.holdout if info.holdout is not None else default_holdout()
+        cases = observed_cases(job.observe, prepared, layout, info, seed=job.seed, conditions=job.conditions,
+                               holdout=float(holdout), condition=condition)
+        log.info("%s", cases.summary())
+        return cases
     if path:
         cases = file_cases(path, select, layout, prepared.spec, tuple(prepared.field_shape), job.lead_times)
         log.info("conditions: the %d case(s) of %s (generate.conditions is ignored with condition.path)",
@@ -373,6 +394,7 @@ class _Run:
     done: int = 0
     chunks_written: int = 0
     stopped: str | None = None
+    observed: str | None = None
 
 
 def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) -> _Run:
@@ -422,8 +444,12 @@ def _sample_unit(job: _Job, info: ModelInfo, model: Any, cases: Cases | None, un
         fields_, res = _sample_chunk(job, info, model, a, b, batch)
         return (fields_, res.stats["rounds_per_member"].numpy(), res.stats["nfe_per_member"].numpy(),
                 int(res.stats["rounds"]), ())
+    if isinstance(cases, ObservedCases):  # the case's guided denoiser; its NFE (float: VJPs) rounded to the store's
+        model = cases.guide(model, c)
     fields_, rpm, npm, rounds = sample_condition(job.sampler, model, info, cases, c, a, b, seed=job.seed,
                                                  batch=batch, device=job.device, dtype=job.dtype)
+    if isinstance(cases, ObservedCases):
+        npm = np.rint(npm)
     if cache is None:
         return fields_, rpm, npm, rounds, (c, None)
     if c not in cache:
@@ -505,7 +531,7 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
                "skipped": run.skipped, "complete": complete, "seconds": seconds, "rounds": run.rounds,
                "nfe": run.nfe_sum / run.done if run.done else 0.0, "bytes": run.written,
                "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{job.shard[0]}/{job.shard[1]}",
-               "sampler": job.name, "steps": job.steps}
+               "sampler": job.name, "steps": job.steps, "observations": run.observed}
     if talk:
         log.info("%s", format_summary(summary))
     return summary
@@ -523,4 +549,6 @@ def format_summary(s: Mapping[str, Any]) -> str:
         lines.append(f"  store {s['path']}: {s['complete']}/{s.get('total', s['members'])} members complete{shape}, "
                      f"{human_bytes(s['bytes'])} of fields written now, {human_bytes(s['store_bytes'])} on disk")
         lines.append(f"  open with: xarray.open_zarr({s['path']!r})")
+    if s.get("observations"):
+        lines.append(f"  {s['observations']}")
     return "\n".join(lines)

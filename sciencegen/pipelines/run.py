@@ -89,6 +89,7 @@ def stage_configs(cfg: Any, run: Path) -> dict[str, Any]:
         "train": {**common, "model": c["model"], "train": c["train"], "run_dir": str(run)},
         "generate": {**common, "model": model, "sampler": c["sampler"], "sde": c["sde"], "generate": c["generate"],
                      "condition": c.get("condition") or {"path": None, "select": None},
+                     "observe": c.get("observe") or {},
                      "output": {"path": str(run / "samples.zarr"), "chunk": None, "overwrite": True,
                                 "netcdf": None, "discard": False}},
         "evaluate": {**common, "samples": {"path": str(run / "samples.zarr"), "variables": None},

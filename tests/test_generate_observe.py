@@ -320,3 +320,14 @@ def test_help_lists_the_observe_keys():
     for key in ("observe.fraction", "observe.stride", "observe.factor", "observe.path", "observe.noise",
                 "observe.likelihood", "observe.cg_iters"):
         assert key in text
+
+
+def test_jacobian_max_sigma_auto_is_the_training_range_and_none_for_the_oracle():
+    import math
+
+    from sciencegen.generation.observe import jacobian_max_sigma
+
+    assert jacobian_max_sigma("auto", (-0.6, 1.4)) == pytest.approx(math.exp(-0.6 + 2.5 * 1.4))
+    assert jacobian_max_sigma("auto", None) is None  # not trained: the exact oracle
+    assert jacobian_max_sigma(None, (-0.6, 1.4)) is None
+    assert jacobian_max_sigma(7.0, None) == 7.0

@@ -204,3 +204,45 @@ def test_guided_call_is_independent_of_the_batch_it_is_in():
     torch.testing.assert_close(whole, alone, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="observations are of a field"):
         guided(torch.zeros(1, 1, 4, 4, dtype=torch.float64), s[:1])
+
+
+def test_a_covariance_that_is_not_positive_is_not_trusted():
+    # a denoiser whose Jacobian is negative definite: its "Tweedie covariance" is not a covariance; truncated CG
+    # stops at the first direction and the guided denoiser is the denoiser (no blow-up)
+    field, obs = _case(8, 0.25)
+    bad = Guided(lambda x, s: -0.5 * x, obs)
+    x = torch.randn(3, *field.shape, dtype=torch.float64)
+    s = torch.tensor([30.0, 3.0, 0.3], dtype=torch.float64)
+    torch.testing.assert_close(bad(x, s), -0.5 * x)
+    assert bad.evaluations == 3 * (1 + 2 * (1 + 1))  # one CG product tried, then the gradient
+
+
+def test_above_jacobian_max_sigma_the_covariance_is_isotropic_and_needs_no_derivative():
+    field, obs = _case(8, 0.25)
+    guided = Guided(field.denoiser, obs, jacobian_max_sigma=10.0, prior_variance=2.0)
+    x = torch.randn(4, *field.shape, dtype=torch.float64)
+    s = torch.tensor([40.0, 5.0, 20.0, 1.0], dtype=torch.float64)
+    out = guided(x, s)
+    assert guided.items == 4 and guided.evaluations > 2 + 2 * 3  # two derivative-free items, two with VJPs
+    d = field.denoiser(x, s)
+    h = obs.operator.dense()
+    for i in (0, 2):  # the isotropic covariance g I, g = s² v / (s² + v), by dense algebra
+        g = float(s[i]) ** 2 * 2.0 / (float(s[i]) ** 2 + 2.0)
+        k = g * h @ h.T + torch.diag(obs.noise ** 2)
+        u = torch.linalg.solve(k, obs.value - h @ d[i].reshape(-1))
+        torch.testing.assert_close(out[i], d[i] + (g * h.T @ u).reshape(field.shape), rtol=1e-6, atol=1e-8)
+    exact = Guided(field.denoiser, obs)(x[1::2], s[1::2])  # below the threshold: the Jacobian, as without it
+    torch.testing.assert_close(out[1::2], exact)
+    with pytest.raises(ValueError, match="jacobian_max_sigma"):
+        Guided(field.denoiser, obs, jacobian_max_sigma=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["dpm2m", "picard_dpm2m"])
+@pytest.mark.parametrize("fraction", [0.05, 0.25])
+def test_the_issue_bounds_at_32_with_256_members(sampler, fraction):
+    # issue 16: >= 99 % of the pixels within 3 standard errors, the variance within 10 % on average
+    field, obs = _case(32, fraction)
+    within, var_ratio, stats = _check(field, obs, sampler, 256)
+    assert within >= 0.99, within
+    assert abs(var_ratio - 1) < 0.1, var_ratio

@@ -538,11 +538,6 @@ def _exact_tasks(plan: ObservedPlan, dataset: Mapping[str, Any]) -> dict[int, An
         plan.notes.append(note)
     if law is None:
         return {}
-    try:
-        from ..targets import ObservedGRF  # noqa: F401  (helper of issue 16: may be missing in an old install)
-    except ImportError as exc:
-        plan.notes.append(f"the exact posterior is not scored: {first_line(exc)}")
-        return {}
     plan.exact = True
     return {c: dask.delayed(_exact_case, pure=False)(law, obs) for c, obs in plan.cases.items()}
 

@@ -51,6 +51,8 @@ class ModelInfo:
     cond_std: np.ndarray | None = None
     #: ``train.holdout`` of the training run (``None``: not trained)
     holdout: float | None = None
+    #: ``(p_mean, p_std)`` of the training noise levels ``ln sigma ~ N(p_mean, p_std²)`` (``None``: not trained)
+    train_sigma: tuple[float, float] | None = None
 
 
 def _file_digest(path: str | os.PathLike) -> str:
@@ -131,7 +133,10 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
     info = ModelInfo(net, asked[0], asked[1], asked[2], np.asarray(data["mean"], dtype=np.float64),
                      np.asarray(data["std"], dtype=np.float64), identity,
                      f"{name} {meta['path']} (step {meta['step']})")
-    info.holdout = (meta.get("train") or {}).get("holdout")
+    train = meta.get("train") or {}
+    info.holdout = train.get("holdout")
+    if train.get("p_mean") is not None and train.get("p_std") is not None:
+        info.train_sigma = (float(train["p_mean"]), float(train["p_std"]))
     if trained_cond is not None:
         info.conditioning = {k: trained_cond.get(k) for k in CONDITIONING_KEYS}
         info.cond_mean = np.asarray(trained_cond["mean"], dtype=np.float64)

@@ -80,6 +80,8 @@ class ObserveOptions:
     cg_iters: int
     cg_tol: float
     step_size: float
+    #: ``"auto"``, ``None`` (the network's Jacobian at every noise level) or a noise level (model units)
+    jacobian_max_sigma: float | str | None = "auto"
 
     @property
     def kind(self) -> str:
@@ -128,7 +130,7 @@ def parse_observe(section: Mapping[str, Any] | None) -> ObserveOptions | None:
         Not exactly one form set, or a value out of range (one line naming the key).
     """
     section = dict(section or {})
-    known = [*FORMS, "noise", "variables", "likelihood", "cg_iters", "cg_tol", "step_size"]
+    known = [*FORMS, "noise", "variables", "likelihood", "cg_iters", "cg_tol", "step_size", "jacobian_max_sigma"]
     unknown = sorted(set(section) - set(known))
     if unknown:
         raise GenerateError(f"observe.{unknown[0]} is not an observe option; the options are {known}")
@@ -161,7 +163,29 @@ def parse_observe(section: Mapping[str, Any] | None) -> ObserveOptions | None:
     return ObserveOptions(form, value, noise, variables or None, likelihood,
                           _integer({"cg_iters": section.get("cg_iters", 8)}, "cg_iters", 0),
                           _number({"cg_tol": section.get("cg_tol", 1e-3)}, "cg_tol", positive=False),
-                          _number({"step_size": section.get("step_size", 10.0)}, "step_size"))
+                          _number({"step_size": section.get("step_size", 10.0)}, "step_size"),
+                          _jacobian_option(section.get("jacobian_max_sigma", "auto")))
+
+
+def _jacobian_option(value: Any) -> float | str | None:
+    """``observe.jacobian_max_sigma``: ``auto``, ``null`` or a positive noise level."""
+    if value is None or value == "auto":
+        return value
+    return _number({"jacobian_max_sigma": value}, "jacobian_max_sigma")
+
+
+def jacobian_max_sigma(option: float | str | None, train_sigma: tuple[float, float] | None) -> float | None:
+    """The noise level above which guidance does not use the network's Jacobian (``None``: it always does).
+
+    ``auto``: ``exp(p_mean + 2.5 p_std)`` of the checkpoint's training noise levels ``ln sigma ~ N(p_mean,
+    p_std²)`` (about 0.6 % of the training draws lie above it; 18 at the defaults), and ``None`` for a model
+    that was not trained (the exact ``oracle``, whose Jacobian is exact everywhere).
+    """
+    if option != "auto":
+        return None if option is None else float(option)
+    if train_sigma is None:
+        return None
+    return float(math.exp(train_sigma[0] + 2.5 * train_sigma[1]))
 
 
 def empty_layout(variables: Sequence[str], field_shape: Sequence[int]) -> ConditionLayout:
@@ -194,6 +218,8 @@ class ObservedCases(Cases):
         Per field dim whether it wraps (point observations).
     mean, std
         Per variable the model's normalisation (``None``: the model is physical).
+    jacobian_sigma
+        The noise level above which guidance does not use the network's Jacobian (:func:`jacobian_max_sigma`).
     """
 
     options: ObserveOptions | None = None
@@ -207,6 +233,7 @@ class ObservedCases(Cases):
     periodic: tuple[bool, ...] = ()
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    jacobian_sigma: float | None = None
     _made: dict[int, Observations] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -284,7 +311,8 @@ class ObservedCases(Cases):
         std = np.ones(self.shape[0]) if self.std is None else self.std
         o = self.options
         return Guided(denoiser, self.observations(c).normalised(mean.tolist(), std.tolist()), likelihood=o.likelihood,
-                      cg_iters=o.cg_iters, cg_tol=o.cg_tol, step_size=o.step_size)
+                      cg_iters=o.cg_iters, cg_tol=o.cg_tol, step_size=o.step_size,
+                      jacobian_max_sigma=self.jacobian_sigma)
 
     def observation_arrays(self, c: int) -> dict[str, np.ndarray]:
         """The store's ``obs_*`` of case ``c`` (physical units; padded to the store's observation dim)."""
@@ -312,7 +340,8 @@ class ObservedCases(Cases):
         o = self.options
         return {"kind": o.kind, o.form: o.value, "digest": self.file.digest if self.file else None,
                 "variables": list(self.observed), "noise": self.noise_dict(), "likelihood": o.likelihood,
-                "cg_iters": o.cg_iters, "cg_tol": o.cg_tol, "step_size": o.step_size, "rule": "observe/1"}
+                "cg_iters": o.cg_iters, "cg_tol": o.cg_tol, "step_size": o.step_size, "rule": "observe/1",
+                "jacobian_max_sigma": self.jacobian_sigma}
 
     def noise_dict(self) -> dict[str, float]:
         """``{var: std}`` of the observed variables (physical units; a file's own noise wins)."""
@@ -330,7 +359,8 @@ class ObservedCases(Cases):
                 "path": self.file.path if self.file else None, "form": self.file.form if self.file else None,
                 "noise": self.noise_dict(), "noise_from_file": bool(self.file and self.file.has_noise),
                 "variables": list(self.observed), "likelihood": o.likelihood, "cg_iters": o.cg_iters,
-                "cg_tol": o.cg_tol, "step_size": o.step_size, "source": self.file.path if self.file else "heldout",
+                "cg_tol": o.cg_tol, "step_size": o.step_size, "jacobian_max_sigma": self.jacobian_sigma,
+                "source": self.file.path if self.file else "heldout",
                 "seed": self.seed, "counts": list(self.counts), "support": self.support,
                 "operator": "mask" if self.gridded else ("points" if self.file else "blocks"),
                 "draw": f"torch.Generator().manual_seed(stream_key(seed, c, 0, tag={OBSERVE})): mask, then noise"}
@@ -355,6 +385,8 @@ class ObservedCases(Cases):
                 else f"{self.file.form} {self.file.path}")
         per = f"{self.counts[0]}" if len(set(self.counts)) == 1 else f"{min(self.counts)}..{max(self.counts)}"
         how = f"CG <= {o.cg_iters} iterations" if o.likelihood == "gaussian" else f"step {o.step_size:g}"
+        if o.likelihood == "gaussian" and self.jacobian_sigma is not None:
+            how += f"; the network's Jacobian up to sigma {self.jacobian_sigma:.3g}, isotropic above"
         return (f"observations {o.kind} ({what}) of {', '.join(self.observed)}: {per} per case, noise "
                 f"{self.noise_dict()}{' (or the file’s)' if self.file and self.file.has_noise else ''}, "
                 f"{o.likelihood} likelihood ({how})")
@@ -464,7 +496,8 @@ def observed_cases(options: ObserveOptions, prepared: Any, layout: ConditionLayo
                          grid=shape, seed=int(seed), channels=channels, noise=noise, file=file,
                          periodic=tuple(bool(spec.periodic.get(d, False)) for d in spec.field_dims),
                          mean=None if info.std is None else np.asarray(info.mean, np.float64),
-                         std=None if info.std is None else np.asarray(info.std, np.float64))
+                         std=None if info.std is None else np.asarray(info.std, np.float64),
+                         jacobian_sigma=jacobian_max_sigma(options.jacobian_max_sigma, info.train_sigma))
     made.counts, made.support = _counts(made)
     return made
 

@@ -291,39 +291,46 @@ def gridded_observations(values: torch.Tensor, noise: float | torch.Tensor) -> O
     return Observations(op, values.reshape(-1)[op.index[:, 0]], s)
 
 
-def _cg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float
-        ) -> tuple[torch.Tensor, int]:
+def _cg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float,
+        floor: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Conjugate gradients for ``A u = b`` per item (``b`` ``[B, m]``, ``A`` SPD per item), from ``u = 0``.
 
-    Each item stops alone once ``|r| <= tol |b|`` (so its answer does not depend on the batch); returns the
-    solutions and the products made (the batch's cost).
+    Each item stops alone once ``|r| <= tol |b|`` (so its answer does not depend on the batch) or, truncated
+    CG (Steihaug 1983), at a direction ``p`` whose curvature ``pᵀ A p`` is not above ``pᵀ diag(floor) p`` (the
+    part of ``A`` known to be positive: a learned covariance that is not positive there is not trusted).
+    Returns the solutions and the products made (the batch's cost).
     """
     u = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = (r * r).sum(1)
     stop = tol * tol * rr
+    active = rr > stop
     done = 0
+    tiny = torch.finfo(b.dtype).tiny
     for _ in range(iters):
-        active = rr > stop
         if not bool(active.any()):
             break
         ap = matvec(p)
         done += 1
         pap = (p * ap).sum(1)
-        alpha = torch.where(active & (pap > 0), rr / pap.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        least = (p * p * floor).sum(1) if floor is not None else torch.zeros_like(pap)
+        active = active & (pap > least)
+        alpha = torch.where(active, rr / pap.clamp_min(tiny), torch.zeros_like(rr))
         u = u + alpha[:, None] * p
         r = r - alpha[:, None] * ap
         rr_new = (r * r).sum(1)
-        beta = torch.where(active, rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        beta = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = torch.where(active[:, None], r + beta[:, None] * p, p)
         rr = torch.where(active, rr_new, rr)
+        active = active & (rr > stop)
     return u, done
 
 
 class Guided:
     """A denoiser guided by observations: ``D(x, sigma | y) = D + sigma² grad_x log p(y | x)``.
 
-    Rozet & Louppe 2023 / Rozet et al. 2024 (``gaussian``, Tweedie covariance by CG); Chung et al. 2023 (``dps``).
+    Rozet & Louppe 2023 / Rozet et al. 2024 (``gaussian``, Tweedie covariance by CG); Chung et al. 2023 (``dps``);
+    Song et al. 2023 (PiGDM: the isotropic covariance where the network's Jacobian is not trusted).
 
     Parameters
     ----------
@@ -337,6 +344,14 @@ class Guided:
         Conjugate-gradient iterations at most, and the relative residual at which an item stops.
     step_size
         ``dps`` only: the factor on its gradient (``zeta``).
+    jacobian_max_sigma
+        ``gaussian`` only: above this noise level the network's Jacobian is not used (``None``: everywhere).
+        A learned denoiser's Tweedie covariance ``sigma² dD/dx`` multiplies the error of its Jacobian by
+        ``sigma²``: where the model saw few training noise levels it is not even positive (measured:
+        ``docs/assimilation.md``). There the covariance is the isotropic ``sigma² v / (sigma² + v)`` of data
+        with per-point variance ``v`` (PiGDM), which needs no derivative (one evaluation per call).
+    prior_variance
+        ``v``: the per-point variance of the data in the denoiser's units (1 for normalised fields).
 
     Attributes
     ----------
@@ -346,15 +361,21 @@ class Guided:
     """
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], observations: Observations,
-                 likelihood: str = "gaussian", cg_iters: int = 8, cg_tol: float = 1e-3, step_size: float = 1.0):
+                 likelihood: str = "gaussian", cg_iters: int = 8, cg_tol: float = 1e-3, step_size: float = 10.0,
+                 jacobian_max_sigma: float | None = None, prior_variance: float = 1.0):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown guidance likelihood {likelihood!r}; choose one of {list(LIKELIHOODS)}")
         if int(cg_iters) != cg_iters or cg_iters < 0:
             raise ValueError(f"cg_iters must be an integer >= 0, got {cg_iters!r}")
-        if not cg_tol >= 0 or not step_size > 0:
-            raise ValueError(f"cg_tol must be >= 0 and step_size > 0, got {cg_tol!r} and {step_size!r}")
+        if not cg_tol >= 0 or not step_size > 0 or not prior_variance > 0:
+            raise ValueError(f"cg_tol must be >= 0, step_size and prior_variance > 0, got {cg_tol!r}, "
+                             f"{step_size!r} and {prior_variance!r}")
+        if jacobian_max_sigma is not None and not jacobian_max_sigma > 0:
+            raise ValueError(f"jacobian_max_sigma must be positive (or None), got {jacobian_max_sigma!r}")
         self.denoiser, self.obs, self.likelihood = denoiser, observations, likelihood
         self.cg_iters, self.cg_tol, self.step_size = int(cg_iters), float(cg_tol), float(step_size)
+        self.jacobian_max_sigma = None if jacobian_max_sigma is None else float(jacobian_max_sigma)
+        self.prior_variance = float(prior_variance)
         self.items, self.evaluations = 0, 0
 
     def cost(self) -> float:
@@ -366,6 +387,35 @@ class Guided:
         if tuple(x.shape[1:]) != self.obs.operator.shape:
             raise ValueError(f"observations are of a field {self.obs.operator.shape}, the denoiser is called on "
                              f"{tuple(x.shape[1:])}")
+        far = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if self.likelihood == "gaussian" and self.jacobian_max_sigma is not None:
+            far = sigma > self.jacobian_max_sigma
+        if not bool(far.any()):
+            return self._jacobian(x, sigma, cond)
+        out = torch.empty_like(x)
+        for part, run in ((far, self._isotropic), (~far, self._jacobian)):
+            if bool(part.any()):
+                out[part] = run(x[part], sigma[part], tuple(c[part] for c in cond))
+        return out
+
+    def _isotropic(self, x: torch.Tensor, sigma: torch.Tensor, cond: tuple) -> torch.Tensor:
+        """``D + g Hᵀ (g H Hᵀ + S)⁻¹ (y - H D)`` with ``g = sigma² v / (sigma² + v)``: no derivative."""
+        with torch.no_grad():
+            d = self.denoiser(x, sigma, *cond)
+            op = self.obs.operator
+            y, noise2 = self.obs.value.to(d), self.obs.noise.to(d) ** 2
+            gam = (sigma.to(d.dtype) ** 2 * self.prior_variance / (sigma.to(d.dtype) ** 2 + self.prior_variance))
+            gam = gam.reshape(-1, 1)
+            r = y[None] - op.apply(d)
+            u, _ = _cg(lambda v: gam * op.apply(op.adjoint(v)) + noise2 * v, r, max(self.cg_iters, 1) * 4,
+                       self.cg_tol)
+            shift = gam.reshape((-1,) + (1,) * (x.ndim - 1)) * op.adjoint(u)
+        self.items += x.shape[0]
+        self.evaluations += x.shape[0]
+        return (d + shift).to(x.dtype)
+
+    def _jacobian(self, x: torch.Tensor, sigma: torch.Tensor, cond: tuple) -> torch.Tensor:
+        """The guided denoiser with the network's Jacobian (``gaussian``: Tweedie covariance; ``dps``)."""
         with torch.enable_grad():
             xi = x.detach().clone().requires_grad_(True)
             d = self.denoiser(xi, sigma, *cond)
@@ -380,7 +430,7 @@ class Guided:
             if self.likelihood == "gaussian":
                 # (H Gamma Hᵀ + S) u = r with Gamma = sigma² dD/dx: one VJP per CG product
                 u, products = _cg(lambda v: s2 * op.apply(vjp(op.adjoint(v))) + noise2 * v, r, self.cg_iters,
-                                  self.cg_tol)
+                                  self.cg_tol, floor=noise2)
             else:
                 # Chung et al.: the step zeta / |y - H D| on the gradient of |y - H D|²/2 (Gamma = 0, S ignored)
                 u, products = self.step_size * r / r.norm(dim=1, keepdim=True).clamp_min(1e-30), 0

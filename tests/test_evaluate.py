@@ -384,3 +384,13 @@ def test_no_false_note_for_keys_that_do_not_change_the_data():
     assert "length" not in recorded and dataset_hint(recorded, full) == ("", None)
     hint, note = dataset_hint(recorded, {**full, "size": 16})
     assert "dataset.size=32 (now 16)" in note and "dataset.size=32" in hint
+
+
+def test_spectral_error_leaves_out_shells_the_reference_does_not_resolve():
+    # a dealiased solver's spectrum: round-off beyond 2/3 of Nyquist; those shells must not decide the error
+    from sciencegen.evaluation.common import resolved_shells
+
+    ref = np.r_[0.0, 10.0 ** -np.arange(1, 22) * 0 + np.geomspace(1e2, 1e-3, 21), np.full(11, 1e-15)]
+    kept = resolved_shells(ref, 32)
+    assert kept[0] == 1 and kept[-1] == 21 and kept.size == 21
+    assert resolved_shells(np.ones(33), 32).size == 32  # everything resolved: every shell

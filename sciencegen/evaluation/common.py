@@ -17,8 +17,20 @@ import xarray as xr
 
 from ..errors import SciencegenError
 
-__all__ = ["TASK_BYTES", "EvaluateError", "Side", "command_line", "dims_text", "first_line", "fmt", "rechunk", "runs",
-           "task_members"]
+__all__ = [
+    "RESOLVED_POWER",
+    "TASK_BYTES",
+    "EvaluateError",
+    "Side",
+    "command_line",
+    "dims_text",
+    "first_line",
+    "fmt",
+    "rechunk",
+    "resolved_shells",
+    "runs",
+    "task_members",
+]
 
 #: target size of one Dask task's float32 fields (the store's chunks are split or merged to about this)
 TASK_BYTES = 16 << 20
@@ -120,4 +132,19 @@ def command_line() -> str | None:
         return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
     except Exception:
         return None
+
+
+#: a shell counts for the spectral error if its reference power is at least this fraction of the peak: a
+#: pseudo-spectral solver's dealiasing leaves round-off (1e-14 of the peak) beyond 2/3 of the Nyquist wavenumber,
+#: and the log ratio of a model's small-scale noise to round-off (25 there) would swamp every resolved shell
+RESOLVED_POWER = 1e-10
+
+
+def resolved_shells(reference: np.ndarray, kmax: int) -> np.ndarray:
+    """Shells ``1..kmax`` where the reference power per mode holds at least :data:`RESOLVED_POWER` of its peak."""
+    shells = np.arange(1, kmax + 1)
+    ref = np.asarray(reference, dtype=np.float64)
+    if not shells.size or not np.isfinite(ref[shells]).all():
+        return shells
+    return shells[ref[shells] >= RESOLVED_POWER * np.nanmax(ref[shells])]
 

@@ -32,6 +32,7 @@ import xarray as xr
 from ..analysis import crps_ensemble, isotropic_spectrum, rank_histogram, spatial_correlation
 from ..analysis.scores import rank_chi2
 from .baselines import Method
+from .common import resolved_shells
 from .cond_store import CondStore
 
 __all__ = ["DECORRELATION", "candidate_strides", "finish_scores", "lazy_scores", "lead_scores", "rank_stride",
@@ -104,7 +105,7 @@ def rank_stride(curves: Sequence[xr.DataArray], strides: Sequence[int]) -> tuple
 def _spectrum(got: dict[str, Any], shape: Sequence[int]) -> dict[str, Any]:
     pf = np.asarray(got["spec_f"].mean("condition").values, dtype=np.float64)
     pt = np.asarray(got["spec_t"].mean("condition").values, dtype=np.float64)
-    shells = np.arange(1, min(shape) // 2 + 1)
+    shells = resolved_shells(pt, min(shape) // 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = pf / pt - 1.0
         logs = np.log(pf[shells] / pt[shells])

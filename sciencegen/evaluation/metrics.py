@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .common import EvaluateError, Side, first_line
+from .common import EvaluateError, Side, first_line, resolved_shells
 
 __all__ = ["W1_BINS", "compute", "field_units", "panel_arrays", "panels", "scheduler", "variable_metrics"]
 
@@ -162,8 +162,8 @@ def _spectrum_metrics(c: dict[str, Any], shape: Sequence[int], exact: np.ndarray
     spec_s, spec_r = c["spec_s"], c["spec_r"]
     modes = np.asarray(spec_s["modes"].values)
     kmax = min(shape) // 2
-    shells = np.arange(1, kmax + 1)
     ps, pr = np.asarray(spec_s.values, dtype=np.float64), np.asarray(spec_r.values, dtype=np.float64)
+    shells = resolved_shells(exact if exact is not None else pr, kmax)
     m: dict[str, Any] = {}
     spectrum = {"wavenumber": np.asarray(spec_s["wavenumber"].values), "modes": modes,
                 "complete": np.asarray(spec_s["complete"].values, dtype=bool), "sample": ps}
@@ -176,7 +176,10 @@ def _spectrum_metrics(c: dict[str, Any], shape: Sequence[int], exact: np.ndarray
     else:
         m["spectral_error"] = _spectral_error(ps, pr, shells)
         spectrum |= {"reference": pr}
-    m["spectral_shells"] = [1, kmax]
+    m["spectral_shells"] = [int(shells[0]), int(shells[-1])] if shells.size else [1, kmax]
+    if shells.size and int(shells[-1]) < kmax:
+        m["spectral_shells_note"] = (f"shells {int(shells[-1]) + 1}..{kmax} left out: the reference holds less than "
+                                     "1e-10 of its peak power there (e.g. a solver's dealiasing)")
     return m | {"spectrum": spectrum}
 
 

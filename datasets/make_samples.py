@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 import xarray as xr
 
 HERE = Path(__file__).resolve().parent / "samples"
@@ -71,12 +73,46 @@ def toy_weather(times: int = 160, seed: int = 0) -> xr.Dataset:
                "source": "datasets/make_samples.py toy_weather", "Conventions": "CF-1.10"})
 
 
+def grf_observations(seed: int = 0) -> tuple[xr.Dataset, str]:
+    """Observations of two fields of ``grf32.nc``'s law (docs/generate.md, "Your observations").
+
+    A gridded netCDF on the 32x32 grid of ``dataset=grf`` (``field``: 5 % of the points observed with noise 0.1,
+    NaN elsewhere; one case per ``time``) and a CSV table of 20 stations at arbitrary positions (two cases).
+    """
+    from sciencegen.targets import GaussianRandomField
+
+    rng = np.random.default_rng(seed)
+    grf = GaussianRandomField(32)
+    truth = grf.sample(2, torch.Generator().manual_seed(seed))[:, 0].numpy()
+    grid = np.full(truth.shape, np.nan)
+    for c in range(2):
+        pick = rng.choice(32 * 32, size=51, replace=False)
+        grid[c].reshape(-1)[pick] = truth[c].reshape(-1)[pick] + 0.1 * rng.standard_normal(51)
+    coords = {"time": np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[ns]"), "y": np.arange(32) / 32,
+              "x": np.arange(32) / 32}
+    ds = xr.Dataset({"field": (("time", "y", "x"), grid.astype(np.float32))}, coords=coords,
+                    attrs={"title": "5 % of two Gaussian random fields observed, noise 0.1 (NaN: unobserved)"})
+    rows = ["case,y,x,field,noise"]
+    for c, case in enumerate("ab"):
+        for _ in range(10):
+            y, x = rng.uniform(0, 1, 2)
+            j, i = int(y * 32), int(x * 32)  # the value of the nearest lower grid point, noisy: a toy table
+            rows.append(f"{case},{y:.4f},{x:.4f},{truth[c, j, i] + 0.05 * rng.standard_normal():.4f},0.05")
+    return ds, "\n".join(rows) + "\n"
+
+
 def main(names: list[str]) -> None:
     """Write the named samples (default: all)."""
     from sciencegen.data.prepare import prepare
 
     HERE.mkdir(exist_ok=True)
-    for name in names or [*SAMPLES, "weather16x32.nc"]:
+    for name in names or [*SAMPLES, "weather16x32.nc", "grf32_obs.nc"]:
+        if name == "grf32_obs.nc":
+            ds, table = grf_observations()
+            ds.to_netcdf(HERE / name, encoding={"field": {"zlib": True, "complevel": 4}})
+            (HERE / "grf32_stations.csv").write_text(table)
+            print(f"{HERE / name}, {HERE / 'grf32_stations.csv'}")
+            continue
         if name == "weather16x32.nc":
             ds = toy_weather()
             ds.to_netcdf(HERE / name, encoding={v: {"zlib": True, "complevel": 4} for v in ds.data_vars})

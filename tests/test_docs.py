@@ -171,7 +171,8 @@ def test_readme_python_example():
 SHRINK = {"generate.members": "4", "generate.batch_size": "2", "sampler.steps": "8", "train.max_minutes": "0.05",
           "train.max_steps": "2", "train.batch_size": "4", "train.figure_members": "0", "train.val_every": "0",
           "dataset.samples": "64", "dataset.chunk": "16", "dataset.trajectories": "4", "dataset.snapshots": "2",
-          "dataset.spinup": "1.0", "dataset.chunk_trajectories": "1", "evaluate.figures": "false"}
+          "dataset.spinup": "1.0", "dataset.chunk_trajectories": "1", "evaluate.figures": "false",
+          "generate.conditions": "2"}
 
 
 def _shrunk(words: list[str], tmp: Path) -> list[str]:
@@ -183,7 +184,7 @@ def _shrunk(words: list[str], tmp: Path) -> list[str]:
         node = cfg.get(parent) if parent else cfg
         if node is not None and hasattr(node, "keys") and leaf in node:
             over.append(f"{k}={v}")
-    if cfg.get("dataset") is not None and cfg.dataset.get("name") == "kolmogorov":
+    if cfg.get("dataset") is not None and str(cfg.dataset.get("_target_", "")).endswith("KolmogorovSource"):
         over = [o for o in over if not o.startswith("dataset.chunk=")] + ["dataset.chunk=1"]
     return [words[0], *over]
 

@@ -185,8 +185,9 @@ def observed_lines(obs: Mapping[str, Any]) -> list[str]:
     for v, m in obs["variables"].items():
         c = m["chi2"]
         lines += ["", f"### {v} (observations)", "",
-                  f"{m['cases']} cases ({m['cases_with_truth']} with a known truth), {m['observations_per_case']:.1f} "
-                  f"observations per case, {100 * m['observed_fraction']:.1f} % of the points observed.", ""]
+                  f"{m['cases']} cases ({m['cases_with_truth']} with a known truth), "
+                  f"{fmt(m['observations_per_case'], '.4g')} observations per case, "
+                  f"{100 * m['observed_fraction']:.1f} % of the points observed.", ""]
         if m["skipped"]:
             lines += [f"Not scored: {m['skipped']}.", ""]
         else:

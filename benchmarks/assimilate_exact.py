@@ -23,7 +23,7 @@ import time
 import torch
 
 import sciencegen
-from sciencegen.samplers import Guided, draw_observations, mask_operator, random_mask
+from sciencegen.samplers import SAMPLERS, Guided, draw_observations, mask_operator, random_mask
 from sciencegen.targets import GaussianRandomField, ObservedGRF
 
 
@@ -45,10 +45,10 @@ def crps_gaussian(mean: torch.Tensor, std: torch.Tensor, truth: torch.Tensor) ->
     return float((std * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))).mean())
 
 
-def row(field, truth, obs, law, sampler, likelihood, members, free_rounds, step_size):
+def row(field, truth, obs, law, sampler, likelihood, members, free_rounds, step_size, steps):
     guided = Guided(field.denoiser, obs, likelihood=likelihood, step_size=step_size)
     t0 = time.perf_counter()
-    res = sciencegen.sample(guided, field.shape, members, sampler, 64, seed=0, dtype=torch.float64)
+    res = sciencegen.sample(guided, field.shape, members, sampler, steps, seed=0, dtype=torch.float64)
     wall = time.perf_counter() - t0
     x = res.samples
     mean, var = law.posterior_mean(), law.posterior_variance()
@@ -64,15 +64,19 @@ def main() -> None:
     p.add_argument("--members", type=int, default=256)
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.25])
-    p.add_argument("--samplers", nargs="+", default=["dpm2m", "picard_dpm2m"])
+    p.add_argument("--samplers", nargs="+", default=["dpm2m", "picard_dpm2m"], help="names, or: all")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--steps-of", nargs="*", default=[], metavar="NAME=STEPS", help="other steps for some samplers")
     p.add_argument("--likelihoods", nargs="+", default=["gaussian", "dps"])
     p.add_argument("--step-size", type=float, default=10.0, help="dps step size")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(1)
     field = GaussianRandomField(a.size)
-    free = {s: sciencegen.sample(field.denoiser, field.shape, a.members, s, 64, seed=0,
-                                 dtype=torch.float64).stats["rounds"] for s in a.samplers}
+    samplers = list(SAMPLERS) if a.samplers == ["all"] else a.samplers
+    steps = {s: a.steps for s in samplers} | {k: int(v) for k, v in (o.split("=") for o in a.steps_of)}
+    free = {s: sciencegen.sample(field.denoiser, field.shape, a.members, s, steps[s], seed=0,
+                                 dtype=torch.float64).stats["rounds"] for s in samplers}
     for frac in a.fractions:
         g = torch.Generator().manual_seed(a.seed)
         truth = field.sample(1, g)[0]
@@ -84,9 +88,9 @@ def main() -> None:
         print("| sampler | likelihood | mean within 3 SE | variance ratio | CRPS members | CRPS exact | rounds "
               "(unguided) | NFE/member | wall |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for s in a.samplers:
+        for s in samplers:
             for lik in a.likelihoods:
-                print(row(field, truth, obs, law, s, lik, a.members, free, a.step_size), flush=True)
+                print(row(field, truth, obs, law, s, lik, a.members, free, a.step_size, steps[s]), flush=True)
 
 
 if __name__ == "__main__":

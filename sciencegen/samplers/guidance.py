@@ -377,6 +377,15 @@ class Guided:
         self.jacobian_max_sigma = None if jacobian_max_sigma is None else float(jacobian_max_sigma)
         self.prior_variance = float(prior_variance)
         self.items, self.evaluations = 0, 0
+        self._placed: tuple[torch.device, Observations] | None = None
+
+    def _on(self, device: torch.device) -> Observations:
+        """The observations on ``device``, copied once (not in every CG product of a round)."""
+        if self._placed is None or self._placed[0] != device:
+            o = self.obs
+            op = ObservationOperator(o.operator.index.to(device), o.operator.weight.to(device), o.operator.shape)
+            self._placed = (device, Observations(op, o.value.to(device), o.noise.to(device)))
+        return self._placed[1]
 
     def cost(self) -> float:
         """Network evaluations per guided item so far (1 before any call)."""
@@ -402,8 +411,9 @@ class Guided:
         """``D + g Hᵀ (g H Hᵀ + S)⁻¹ (y - H D)`` with ``g = sigma² v / (sigma² + v)``: no derivative."""
         with torch.no_grad():
             d = self.denoiser(x, sigma, *cond)
-            op = self.obs.operator
-            y, noise2 = self.obs.value.to(d), self.obs.noise.to(d) ** 2
+            obs = self._on(d.device)
+            op = obs.operator
+            y, noise2 = obs.value.to(d), obs.noise.to(d) ** 2
             gam = (sigma.to(d.dtype) ** 2 * self.prior_variance / (sigma.to(d.dtype) ** 2 + self.prior_variance))
             gam = gam.reshape(-1, 1)
             r = y[None] - op.apply(d)
@@ -424,8 +434,9 @@ class Guided:
             def vjp(w: torch.Tensor) -> torch.Tensor:  # (dD/dx)ᵀ w
                 return torch.autograd.grad(d, xi, w, retain_graph=True)[0]
 
-            op = self.obs.operator
-            y, noise2 = self.obs.value.to(d), self.obs.noise.to(d) ** 2
+            obs = self._on(d.device)
+            op = obs.operator
+            y, noise2 = obs.value.to(d), obs.noise.to(d) ** 2
             r = y[None] - op.apply(d.detach())  # innovation y - H D
             if self.likelihood == "gaussian":
                 # (H Gamma Hᵀ + S) u = r with Gamma = sigma² dD/dx: one VJP per CG product

@@ -467,8 +467,8 @@ def test_unschedulable_job_fails_fast(cluster, tmp_path):
 
 def _sigterm_and_requeue(job: str, env: dict[str, str], logs: Path, started: Callable[[], bool]) -> None:
     """Once ``started()``, send SIGTERM to the batch shell of ``job`` only (what ``--signal=B:TERM@...`` does
-    at the time limit), wait until the job has requeued itself, and let it start again at once (a requeued
-    job is otherwise held for about two minutes: BeginTime)."""
+    at the time limit), wait until the job has requeued itself and its first run has ended, and let it start
+    again 3 s later (a requeued job is otherwise held for about two minutes: BeginTime)."""
     def ready() -> str | None:
         if started():
             return "started"
@@ -489,7 +489,17 @@ def _sigterm_and_requeue(job: str, env: dict[str, str], logs: Path, started: Cal
 
     assert _wait_for(f"job {job} to requeue itself", requeued, lambda: [job], env, logs) == "requeued", \
         f"job {job} was not requeued after SIGTERM:\n{_logs(logs)}"
-    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, capture_output=True,
+
+    def settled() -> str | None:   # the first run has ended on the node (no longer COMPLETING)
+        info = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True,
+                              timeout=60).stdout
+        state = re.search(r"\bJobState=(\S+)", info)
+        return "pending" if state and state[1] == "PENDING" and "COMPLETING" not in info else None
+
+    _wait_for(f"job {job} to end its first run", settled, lambda: [job], env, logs)
+    # slurmd refuses a credential issued in the same second as the revocation of the first run's ("Job
+    # credential revoked": the task would end FAILED); SLURM's own hold avoids it, a start 3 s on does too
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now+3"], env=env, capture_output=True,
                    timeout=60)
 
 

@@ -121,6 +121,8 @@ class _UserDataConfig:
     select: Any = _key("label selection first: {dim: value | [values] | {start: .., stop: ..}} (null: none)")
     periodic: Any = _key("{dim: true|false} (null: a longitude spanning 360 degrees is periodic, nothing else)")
     nonfinite: str = _key(_NONFINITE)
+    mask: Any = _key("static mask variable of the files whose nonzero points are invalid (land), or {variable: NAME, "
+                     "invalid: nonzero|zero}; null: none (with nonfinite=mask, points NaN in every sample are masked)")
     max_gb: float | None = _key("refuse selected variables larger than this many GB before reading them (null: no "
                                 "limit); not part of the store's identity")
     conditioning: Any = _key(_CONDITIONING)
@@ -155,7 +157,7 @@ class UNetConfig:
     periodic: list[bool] | None = _key("[y, x] circular padding (null: from the dataset; grf: periodic)")
     channels: int | None = _key("base width (null: the preset's)")
     channel_mult: list[int] | None = _key(
-        "width per level, e.g. [1, 2, 2]; the grid must be divisible by 2^(levels-1) (null: the preset's)")
+        "width per level, e.g. [1, 2, 2]; any grid: padded inside to multiples of 2^(levels-1) (null: the preset's)")
     blocks_per_level: int | None = _key("residual blocks per level (null: the preset's)")
     attention_levels: list[int] | None = _key("levels with self-attention, e.g. [2] (null: the preset's)")
     dropout: float | None = _key("dropout rate (null: the preset's)")
@@ -227,6 +229,8 @@ class TrainConfig:
     progress: bool = _key("show a progress bar")
     tensorboard: bool = _key("also write TensorBoard scalars to RUN/tensorboard (needs the extra: "
                              "pip install 'sciencegen[tensorboard]')")
+    adapt_batch: bool = _key("lower batch_size to a power of two giving >= 2 steps per epoch when the training "
+                             "split is that small (false: keep it; an error if it exceeds the split)", True)
 
 
 # ------------------------------------------------------------------------------------------- sampler

@@ -114,15 +114,16 @@ def test_pure_helpers():
     assert z.abs().max() < 6
 
 
-def test_resolve_model_config():
+def test_resolve_model_config(caplog):
     r = B.resolve_model_config({"_target_": "x", "name": "unet", "preset": "small", "in_channels": None,
                                 "out_channels": None, "periodic": None, "checkpoint": "ignored"},
                                channels=2, field_dims=("y", "x"), field_shape=(8, 12), periodic={"y": True})
     assert r["in_channels"] == r["out_channels"] == 2 and r["periodic"] == [True, False]
     assert r["channel_mult"] == [1, 2, 2] and r["channels"] == 32 and "checkpoint" not in r
-    with pytest.raises(TrainError, match=r"grid 8x10 \(y, x\) is not divisible by 4.*x=10"):
-        B.resolve_model_config({"preset": "small"}, channels=1, field_dims=("y", "x"), field_shape=(8, 10),
-                               periodic=(True, True))
+    caplog.set_level(logging.INFO, logger="sciencegen")  # any grid: padded inside the U-Net (issue 18), logged
+    r = B.resolve_model_config({"preset": "small", "periodic": None}, channels=1, field_dims=("y", "x"),
+                               field_shape=(8, 10), periodic=(True, False))
+    assert r["channel_mult"] == [1, 2, 2] and "grid 8x10 padded to 8x12 inside the U-Net (replicate in x" in caplog.text
     with pytest.raises(TrainError, match="2-D U-Net but the data have 3 field dim"):
         B.resolve_model_config({"preset": "tiny"}, channels=1, field_dims=("z", "y", "x"), field_shape=(4, 4, 4),
                                periodic=(True, True, True))
@@ -199,7 +200,6 @@ def test_oracle_has_nothing_to_train(tmp_path, data_root, caplog):
 @pytest.mark.parametrize("overrides, match", [
     (["model.in_channels=3"], r"model.in_channels=3 but the data have 1 channel"),
     (["model.out_channels=2"], r"model.out_channels=2 but a denoiser outputs the field"),
-    (["dataset.size=18", "model.preset=small"], r"grid 18x18 \(y, x\) is not divisible by 4"),
     (["train.max_steps=null"], r"set train.max_steps or train.max_minutes"),
     (["train.precision=bf16", "train.device=cpu"], r"bf16 needs a GPU"),
     (["+train.learning_rate=1"], r"unknown key\(s\) \['learning_rate'\]"),

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ._common import squared_units
+from .panels import coord_label, coord_values, draw_field, panel_axis, units_suffix
+
 __all__ = ["plot_condition_panels", "plot_conditional_spectra", "plot_rank_histograms", "plot_scores"]
 
 #: line style per method
@@ -68,7 +71,7 @@ def plot_scores(path: str | os.PathLike, variables: Mapping[str, Any], title: st
             if np.isfinite(ss).any():
                 bx.plot(x, ss, color=c, ls=ls, marker=mk, label=n)
         bx.axhline(1.0, color="0.4", lw=0.8)
-        ax.set_ylabel(f"CRPS [{m['units'] or '1'}]")
+        ax.set_ylabel(f"CRPS{units_suffix(m['units'])}")
         bx.set_ylabel("spread/skill (corrected)")
         bx.set_xlabel(xl)
         ax.set_title(f"{v}: CRPS (lower is better)", fontsize=9)
@@ -124,16 +127,19 @@ def plot_rank_histograms(path: str | os.PathLike, variables: Mapping[str, Any], 
     fig.savefig(path, dpi=110, format="png")
 
 
-def _draw(ax: Any, f: np.ndarray, lo: float, hi: float, cmap: str) -> Any:
-    """One panel: a 1-D field as a curve, a 2-D field as an image, the first slice of a 3-D one."""
+def _draw(ax: Any, f: np.ndarray, coords: list[Any], lo: float, hi: float, cmap: str) -> Any:
+    """One panel: a 1-D field as a curve, a 2-D field as an image by coordinate value (north up; index axes
+    without ``coords``), the first slice of a 3-D one."""
     f = f[0] if f.ndim == 3 else f
-    ax.set_xticks([])
-    ax.set_yticks([])
     if f.ndim == 1:
-        ax.plot(f, lw=0.8)
+        xa = panel_axis(coords[-1] if coords else None, None, f.shape[0])
+        ax.plot(xa.values, f, lw=0.8)
         ax.set_ylim(lo, hi)
+        ax.set_xlabel(xa.label, fontsize=7)
+        ax.tick_params(labelsize=6)
         return None
-    return ax.imshow(f, origin="lower", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+    y, x = coords[-2:] if len(coords) >= 2 else (None, None)
+    return draw_field(ax, f, y, x, vmin=lo, vmax=hi, cmap=cmap, aspect="equal")
 
 
 def plot_condition_panels(path: str | os.PathLike, panels: Mapping[str, Any], units: Mapping[str, str],
@@ -146,9 +152,11 @@ def plot_condition_panels(path: str | os.PathLike, panels: Mapping[str, Any], un
         PNG to write.
     panels
         ``{variable: {"cases": [K], "input_name": str | None, "input": [K, *field] | None, "truth": [K, *field],
-        "members": [K, n, *field], "mean": [K, *field], "lead_time": int | None}}``.
+        "members": [K, n, *field], "mean": [K, *field], "lead_time": int | None}}``, optionally ``"coords"``:
+        ``{dim: coordinate}`` of the field dims (arrays or ``xarray`` coordinates; their names and units label
+        the axes): images are then drawn by coordinate value, north up; without: index axes, row 0 at the bottom.
     units
-        Units per variable.
+        Units per variable (none or empty: the colour bar label has no units).
     title
         Figure title.
     """
@@ -160,6 +168,8 @@ def plot_condition_panels(path: str | os.PathLike, panels: Mapping[str, Any], un
     grid = fig.add_gridspec(max(1, len(rows)), ncol)
     for r, (v, k) in enumerate(rows):
         p = panels[v]
+        given = p.get("coords") or {}
+        coords = list(given.values()) if isinstance(given, Mapping) else list(given)
         cols = [(p["input_name"] or "input", None if p["input"] is None else p["input"][k]),
                 ("truth", p["truth"][k])]
         cols += [(f"member {j}", p["members"][k, j]) for j in range(p["members"].shape[1])]
@@ -177,13 +187,12 @@ def plot_condition_panels(path: str | os.PathLike, panels: Mapping[str, Any], un
             if f is None:
                 ax.axis("off")
                 continue
-            im = _draw(ax, np.asarray(f, dtype=float), lo, hi, cmap) or im
+            im = _draw(ax, np.asarray(f, dtype=float), coords, lo, hi, cmap) or im
             ax.set_title(label, fontsize=8)
-            if j == 0:
-                lead = "" if p["lead_time"] is None else f", lead {p['lead_time']}"
-                ax.set_ylabel(f"{v}\ncase {p['cases'][k]}{lead}", fontsize=8)
+            lead = "" if p["lead_time"] is None else f", lead {p['lead_time']}"
+            ax.set_ylabel(f"{v}\ncase {p['cases'][k]}{lead}\n{ax.get_ylabel()}" if j == 0 else "", fontsize=7)
         if im is not None:
-            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{v} [{units.get(v) or '1'}]")
+            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{v}{units_suffix(units.get(v))}")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, format="png")
 
@@ -211,10 +220,11 @@ def plot_conditional_spectra(path: str | os.PathLike, variables: Mapping[str, An
         ax, rx = fig.add_subplot(grid[0, i]), fig.add_subplot(grid[1, i])
         if e is None:
             continue
-        truth_drawn = False
+        truth_drawn, xl = False, "wavenumber k (shells of 2π/L)"
         for n, s in e["methods"].items():
             sp = s["spectrum"]
-            k = np.asarray(sp["wavenumber"], dtype=float)
+            k = coord_values(sp, "wavenumber")
+            xl = coord_label(sp, "wavenumber", xl)
             a, b = s["spectral_shells"]
             sel = (k >= a) & (k <= b)
             pf, pt = np.asarray(sp["forecast"], dtype=float)[sel], np.asarray(sp["truth"], dtype=float)[sel]
@@ -225,9 +235,9 @@ def plot_conditional_spectra(path: str | os.PathLike, variables: Mapping[str, An
             ax.loglog(k[sel], pf, color=c, ls=ls, lw=1.4, label=f"{n} ({s['spectral_error']:.3g})")
             rx.semilogx(k[sel], pf / pt, color=c, ls=ls, lw=1.2)
         rx.axhline(1.0, color="0.4", lw=0.8)
-        ax.set_ylabel(f"power per mode [({m['units'] or '1'})²]")
+        ax.set_ylabel(f"power per mode{units_suffix(squared_units(m['units']))}")
         rx.set_ylabel("members / truth")
-        rx.set_xlabel("wavenumber k (shells of 2π/L)")
+        rx.set_xlabel(xl)
         lead = "" if e["lead_time"] is None else f", lead time {e['lead_time']}"
         ax.set_title(f"{v}{lead}: spectra (spectral error in the legend)", fontsize=9)
         for a in (ax, rx):

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Literal
 
+import dask.array as dsa
 import numpy as np
 import xarray as xr
 
 from ._common import check_dims, other_dims, radial_shells, shell_counts, shell_reduce, single_chunk
 
-__all__ = ["spatial_correlation"]
+__all__ = ["masked_correlation", "spatial_correlation"]
 
 
 def _autocov_shells_np(x: np.ndarray, shape: tuple[int, ...], nshell: int) -> np.ndarray:
@@ -150,4 +151,74 @@ def spatial_correlation(da: xr.DataArray, dims: str | Sequence[Hashable] = ("y",
     corr.name = "correlation"
     corr.attrs = {"long_name": f"two-point correlation C(r)/C(0) of {da.name or 'field'}", "units": "1",
                   "center": str(center), "field_dims": list(map(str, dims))}
+    return corr
+
+
+def _masked_shells_np(x: np.ndarray, valid: np.ndarray, shape: tuple[int, ...], nshell: int) -> np.ndarray:
+    """Per block ``(b, *shape)``: shell sums of the circular autocovariances of ``m a`` and of ``m``, summed over
+    ``b``: ``(1, 2, nshell)``."""
+    ndim = len(shape)
+    axes = tuple(range(-ndim, 0))
+    x = np.asarray(x, dtype=np.float64).reshape((-1, *shape))
+    m = np.isfinite(x) & valid
+    out = []
+    for z in (np.where(m, x, 0.0), m.astype(np.float64)):
+        f = np.fft.rfftn(z, axes=axes)
+        acov = np.fft.irfftn(f.real**2 + f.imag**2, s=shape, axes=axes).sum(axis=0)
+        out.append(shell_reduce(acov, radial_shells(shape), nshell, ndim))
+    return np.stack(out)[None]
+
+
+# Masked two-point correlation (sum of products over the count of valid pairs per lag), e.g. Wackernagel 2003.
+def masked_correlation(da: xr.DataArray, dims: str | Sequence[Hashable], valid: xr.DataArray,
+                       max_lag: int | None = None) -> xr.DataArray:
+    """Radially binned two-point correlation ``C(r)/C(0)`` of periodic fields with invalid points.
+
+    ``C(r) = sum m(x) a(x) m(x+r) a(x+r) / sum m(x) m(x+r)`` over every sample and every lag in the shell
+    ``round(|r|)`` (circular lags, as :func:`spatial_correlation`), ``m`` the validity of each point in each
+    sample (``valid`` and finite). The fields are not centred here (pass anomalies).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Fields over the sample dims and ``dims``, numpy- or dask-backed (NaN: missing).
+    dims : str or sequence of str
+        The 1 to 3 field dims.
+    valid : xarray.DataArray
+        Boolean static validity over ``dims``.
+    max_lag : int, optional
+        Last separation shell; default ``floor(min(n)/2)``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Over ``separation`` (grid points) with coordinates ``pairs`` (valid pairs per shell) and, where the field
+        dims have uniformly spaced coordinates, ``distance``.
+    """
+    import dask
+
+    dims = check_dims(da, dims, "masked_correlation")
+    shape = tuple(int(da.sizes[d]) for d in dims)
+    nshell = (min(shape) // 2 if max_lag is None else int(max_lag)) + 1
+    sample = other_dims(da, dims)
+    x = single_chunk(da.transpose(*sample, *dims), dims)
+    ok = np.asarray(valid.transpose(*dims).values, dtype=bool)
+    if x.chunks is None:
+        sums = _masked_shells_np(x.values, ok, shape, nshell)[0]
+    else:
+        data = x.data.reshape((-1, *shape)) if len(sample) != 1 else x.data
+        parts = [dask.delayed(_masked_shells_np)(b, ok, shape, nshell) for b in data.to_delayed().ravel()]
+        sums = sum(dsa.from_delayed(p, shape=(1, 2, nshell), dtype=np.float64)[0] for p in parts)
+    cov = sums[0] / np.where(sums[1] > 0, sums[1], np.nan)
+    corr = xr.DataArray(cov / cov[0], dims=("separation",))
+    coords = {"separation": ("separation", np.arange(nshell), {"long_name": "lag shell round(|r|)",
+                                                               "units": "grid points"}),
+              "pairs": ("separation", sums[1], {"long_name": "valid pairs summed over the samples"})}
+    dist = _distance(da, dims, shape, nshell, shell_counts(radial_shells(shape), nshell))
+    if dist is not None:
+        coords["distance"] = ("separation", dist[0], {"long_name": "physical separation", "units": dist[1]})
+    corr = corr.assign_coords(coords)
+    corr.name = "correlation"
+    corr.attrs = {"long_name": f"two-point correlation C(r)/C(0) of {da.name or 'field'}", "units": "1",
+                  "estimator": "masked: sum m m' a a' / sum m m'", "field_dims": list(map(str, dims))}
     return corr

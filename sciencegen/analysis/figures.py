@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .panels import coord_label, coord_values, draw_field, panel_axis, units_suffix
+
 __all__ = ["Legend", "plot_correlation_comparison", "plot_histogram_comparison", "plot_sample_panels", "plot_samples",
            "plot_spectrum_comparison"]
 
 
 def plot_samples(samples: torch.Tensor, path: str | os.PathLike, *, data: torch.Tensor | None = None,
-                 target: Any = None, title: str = "", panels: int = 4, data_label: str = "training data"
-                 ) -> float | None:
+                 target: Any = None, title: str = "", panels: int = 4, data_label: str = "training data",
+                 axes: Sequence[Any] | None = None) -> float | None:
     """Figure of generated fields (top), training fields (bottom) and their radial spectra (right).
 
     Parameters
@@ -48,6 +51,9 @@ def plot_samples(samples: torch.Tensor, path: str | os.PathLike, *, data: torch.
         Fields shown per row.
     data_label
         Label of the ``data`` row and spectrum.
+    axes
+        The two field dims' coordinates (``(y, x)``: anything :func:`~sciencegen.analysis.panels.panel_axis`
+        takes): the panels are drawn by coordinate value, north up. ``None``: index axes, row 0 at the bottom.
 
     Returns
     -------
@@ -66,15 +72,16 @@ def plot_samples(samples: torch.Tensor, path: str | os.PathLike, *, data: torch.
     fig = Figure(figsize=(2.2 * k + (4.2 if square else 0), 2.3 * rows + 0.4), layout="constrained")
     grid = fig.add_gridspec(rows, k + (2 if square else 0))
     ref = data if data is not None else samples
-    vmin, vmax = np.percentile(ref[:, 0].double().cpu().numpy(), [1, 99])
+    vmin, vmax = np.nanpercentile(ref[:, 0].double().cpu().numpy(), [1, 99])
+    yx = (None, None) if axes is None else tuple(axes)[-2:]
     for r, (fields, label) in enumerate([(samples, "generated"), (data, data_label)][:rows]):
         for j in range(min(k, fields.shape[0])):
             ax = fig.add_subplot(grid[r, j])
-            ax.imshow(fields[j, 0].double().cpu().numpy(), origin="lower", cmap="RdBu_r", vmin=vmin, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(label)
+            draw_field(ax, fields[j, 0].double().cpu().numpy(), *yx, vmin=vmin, vmax=vmax, cmap="RdBu_r",
+                       aspect="equal")
+            ax.set_ylabel(f"{label}\n{ax.get_ylabel()}" if j == 0 else "", fontsize=8)
+            if r < rows - 1:
+                ax.set_xlabel("")
     if square:
         ax = fig.add_subplot(grid[:, k:])
         kb, p = radial_spectrum(samples, 2)
@@ -145,10 +152,6 @@ class Legend:
         return f"{'exact samples' if self.exact else self.reference} ({self.reference_count})"
 
 
-def _pretty_units(units: str) -> str:
-    return units.replace("^2", "²")
-
-
 def _save(fig: Any, path: str | os.PathLike) -> None:
     """Write the figure as PNG to ``path`` (the caller renames it into place)."""
     fig.savefig(path, dpi=110, format="png")
@@ -164,25 +167,21 @@ def _colour_range(gen: np.ndarray, ref: np.ndarray) -> tuple[float, float, str]:
     return lo, hi, "viridis"
 
 
-def _draw_field(ax: Any, f: np.ndarray, coords: tuple[np.ndarray, ...], lo: float, hi: float, cmap: str
+def _draw_field(ax: Any, f: np.ndarray, coords: tuple[Any, ...], lo: float, hi: float, cmap: str
                 ) -> tuple[Any, str]:
-    """One panel: a 1-D field as a curve, a 2-D field as an image (the first slice of a 3-D one)."""
+    """One panel: a 1-D field as a curve, a 2-D field as an image by coordinate value, north up (the first slice
+    of a 3-D one); ``coords``: one per field dim (anything :func:`~sciencegen.analysis.panels.panel_axis` takes)."""
     note = ""
     if f.ndim == 3:
         f, note = f[0], " (first slice)"
     if f.ndim == 1:
-        ax.plot(coords[-1], f, lw=0.8)
+        xa = panel_axis(coords[-1], None, f.shape[0])
+        ax.plot(xa.values, f, lw=0.8)
         ax.set_ylim(lo, hi)
+        ax.set_xlabel(xa.label, fontsize=7)
+        ax.tick_params(labelsize=6)
         return None, note
-    ext = None
-    cy, cx = coords[-2], coords[-1]
-    if cx.size > 1 and cy.size > 1:
-        ext = (cx[0], cx[-1] + (cx[-1] - cx[0]) / (cx.size - 1), cy[0], cy[-1] + (cy[-1] - cy[0]) / (cy.size - 1))
-    im = ax.imshow(f, origin="lower", cmap=cmap, vmin=lo, vmax=hi, extent=ext,
-                   aspect="auto" if ext is None else "equal", interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return im, note
+    return draw_field(ax, f, coords[-2], coords[-1], vmin=lo, vmax=hi, cmap=cmap, aspect="equal"), note
 
 
 def plot_sample_panels(path: str | os.PathLike, panels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -199,9 +198,11 @@ def plot_sample_panels(path: str | os.PathLike, panels: dict[str, tuple[np.ndarr
     ref_label
         Label of the reference row.
     units
-        Units per variable (colour bar label).
+        Units per variable (colour bar label; none or empty: the label has no units).
     coords
-        Field coordinates per variable, one array per field dim (image extent; 1-D fields: the x axis).
+        Field coordinates per variable, one per field dim: an array of values, an ``xarray`` coordinate (its name
+        and ``units`` label the axis) or a :class:`~sciencegen.analysis.panels.PanelAxis`. Images are drawn by
+        coordinate value with the vertical coordinate increasing upward (north up).
     title
         Figure title.
     """
@@ -223,10 +224,9 @@ def plot_sample_panels(path: str | os.PathLike, panels: dict[str, tuple[np.ndarr
                 name = f"member {int(ids[j])}" if r == 0 else f"#{j}"
                 ax.set_title(f"{label}: {name}{note}", fontsize=8)
                 if j == 0:
-                    ax.set_ylabel(f"{v}\n{label}", fontsize=9)
+                    ax.set_ylabel(f"{v} {label}\n{ax.get_ylabel()}", fontsize=8)
         if im is not None:
-            u = units.get(v) or "1"
-            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{v} [{_pretty_units(u)}]")
+            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{v}{units_suffix(units.get(v))}")
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
@@ -256,7 +256,7 @@ def plot_spectrum_comparison(path: str | os.PathLike, metrics: dict[str, Any], l
         ax = fig.add_subplot(grid[0, i])
         rx = fig.add_subplot(grid[1, i], sharex=ax)
         sp = m["spectrum"]
-        k = np.asarray(sp["wavenumber"])
+        k = coord_values(sp, "wavenumber")
         a, b = m["spectral_shells"]
         sel = (k >= a) & (k <= b)
         ks = k[sel]
@@ -273,8 +273,8 @@ def plot_spectrum_comparison(path: str | os.PathLike, metrics: dict[str, Any], l
         rx.axhline(1.0, color="k", ls="--", lw=1)
         rx.xaxis.set_major_formatter(ScalarFormatter())
         ax.tick_params(labelbottom=False)
-        rx.set_xlabel("wavenumber k (shells of 2π/L)")
-        ax.set_ylabel(f"power per mode [{_pretty_units(squared_units(m['units']) or '1')}]")
+        rx.set_xlabel(coord_label(sp, "wavenumber", "wavenumber k (shells of 2π/L)"))
+        ax.set_ylabel(f"power per mode{units_suffix(squared_units(m['units']))}")
         rx.set_ylabel("generated / reference")
         ax.set_title(f"{v}: spectral error {m['spectral_error']:.3g} (shells {a}..{b})", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
@@ -315,7 +315,7 @@ def plot_histogram_comparison(path: str | os.PathLike, metrics: dict[str, Any], 
             pdf = np.exp(-0.5 * ((x - ex["mean"]) / ex["std"]) ** 2) / (ex["std"] * math.sqrt(2 * math.pi))
             ax.plot(x, pdf, "k:", lw=1.2, label=f"exact law N({ex['mean']:g}, {ex['std']:.3g}²)")
         ax.set_yscale("log")
-        ax.set_xlabel(f"{v} [{_pretty_units(m['units'] or '1')}]")
+        ax.set_xlabel(f"{v}{units_suffix(m['units'])}")
         ax.set_ylabel("probability density")
         ax.set_title(f"{v}: W1 {m['w1']:.3g} ({m['w1_normalised']:.3g} std)", fontsize=9)
         ax.grid(True, alpha=0.3)
@@ -333,7 +333,8 @@ def plot_correlation_comparison(path: str | os.PathLike, metrics: dict[str, Any]
         PNG to write.
     metrics
         Per-variable metrics with ``correlation`` (``separation`` or ``distance`` and ``distance_units``,
-        ``sample``, ``reference``, ``max_abs_diff``).
+        ``sample``, ``reference``, ``max_abs_diff``); the x axis is labelled from the coordinate's recorded
+        ``long_name`` / ``units`` where there are any (:func:`~sciencegen.analysis.panels.coord_label`).
     legend
         Labels of the two sides.
     """
@@ -344,12 +345,11 @@ def plot_correlation_comparison(path: str | os.PathLike, metrics: dict[str, Any]
     for i, (v, m) in enumerate(metrics.items()):
         ax = fig.add_subplot(1, nv, i + 1)
         c = m["correlation"]
-        if "distance" in c:
-            x = np.asarray(c["distance"])
-            xl = f"separation r [{_pretty_units(c.get('distance_units') or 'grid points')}]"
-        else:
-            x = np.asarray(c["separation"])
-            xl = "separation r [grid points]"
+        key = "distance" if "distance" in c else "separation"
+        x = coord_values(c, key)
+        today = (f"separation r{units_suffix(c.get('distance_units') or 'grid points')}" if key == "distance"
+                 else "separation r [grid points]")
+        xl = coord_label(c, key, today)
         ax.plot(x, c["sample"], "C0-o", ms=3, lw=1.5, label=legend.generated)
         ax.plot(x, c["reference"], "C1--s", ms=3, lw=1.5, label=legend.reference_samples)
         ax.axhline(0.0, color="0.5", lw=0.8)

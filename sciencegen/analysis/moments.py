@@ -84,10 +84,13 @@ def moments(da: xr.DataArray, dims: str | Sequence[Hashable], ddof: int = 0) -> 
     return out
 
 
-def moment_scalars(da: xr.DataArray, ddof: int = 0) -> xr.Dataset:
+def moment_scalars(da: xr.DataArray, ddof: int = 0, weights: xr.DataArray | None = None) -> xr.Dataset:
     """Mean, standard deviation, skewness and excess kurtosis over all values of ``da``.
 
-    :func:`moments` with every dim as a sample dim.
+    :func:`moments` with every dim as a sample dim. With ``weights`` (e.g. area weights ``cos(latitude)`` over
+    the field dims, zero at masked points), every value counts with its weight: the weighted power sums
+    ``sum w d^p / sum w`` give the weighted mean and central moments (``ddof`` then corrects by the number of
+    values counted, as for frequency weights).
 
     Parameters
     ----------
@@ -95,15 +98,50 @@ def moment_scalars(da: xr.DataArray, ddof: int = 0) -> xr.Dataset:
         Data, numpy- or dask-backed.
     ddof : int, optional
         Delta degrees of freedom of ``std``.
+    weights : xarray.DataArray, optional
+        Non-negative weights broadcast against ``da`` by dim name; ``None`` (default): every value counts once.
 
     Returns
     -------
     xarray.Dataset
-        0-d ``mean``, ``std``, ``skewness``, ``kurtosis`` and ``count``.
+        0-d ``mean``, ``std``, ``skewness``, ``kurtosis`` and ``count`` (values counted: non-NaN, weight > 0).
     """
     if da.ndim == 0:
         da = da.expand_dims("value")
-    return moments(da, tuple(da.dims), ddof=ddof)
+    if weights is None:
+        return moments(da, tuple(da.dims), ddof=ddof)
+    return _weighted_scalars(da, weights, ddof)
+
+
+# Weighted moments from weighted power sums (shifted for stability): Chan, Golub & LeVeque 1983 (Am. Stat. 37, 242).
+def _weighted_scalars(da: xr.DataArray, weights: xr.DataArray, ddof: int) -> xr.Dataset:
+    """:func:`moment_scalars` with weights (NaN values and zero weights do not count)."""
+    x = da.astype(np.float64)
+    w = weights.astype(np.float64)
+    extra = [d for d in w.dims if d not in x.dims]
+    if extra:
+        raise ValueError(f"moment_scalars: weight dims {extra} not in the data dims {tuple(x.dims)}")
+    counted = x.notnull() & (w > 0)
+    ww = w.where(counted, 0.0)
+    shift = x.isel({x.dims[0]: 0}).mean(skipna=True).fillna(0.0)
+    d = (x - shift).where(counted, 0.0)
+    n = counted.sum()
+    wsum = ww.sum()
+    sums = [(ww * d**p).sum() for p in (1, 2, 3, 4)]
+    m1, mu2, mu3, mu4 = _central_from_raw(wsum, *sums)
+    mu2 = mu2.clip(min=0.0)
+    var = mu2 * n / (n - ddof)
+    units = da.attrs.get("units", "")
+    out = xr.Dataset({
+        "mean": (shift + m1).assign_attrs(long_name="weighted mean", units=units),
+        "std": np.sqrt(var).assign_attrs(long_name=f"weighted standard deviation (ddof={ddof})", units=units),
+        "skewness": (mu3 / mu2**1.5).assign_attrs(long_name="weighted skewness mu3/mu2^1.5", units="1"),
+        "kurtosis": (mu4 / mu2**2 - 3.0).assign_attrs(long_name="weighted excess kurtosis mu4/mu2^2 - 3",
+                                                      units="1"),
+        "count": n.assign_attrs(long_name="number of values counted (non-NaN, weight > 0)"),
+    })
+    out.attrs["weighted"] = 1
+    return out
 
 
 def _value_range(*arrays: xr.DataArray) -> tuple[float, float]:
@@ -144,8 +182,41 @@ def _block_counts(block: np.ndarray, edges: np.ndarray, ndim: int) -> np.ndarray
     return counts.astype(np.int64).reshape((1,) * ndim + (edges.size - 1,))
 
 
-def _counts(da: xr.DataArray, edges: np.ndarray) -> np.ndarray | dsa.Array:
+def _block_weighted(block: np.ndarray, wblock: np.ndarray, edges: np.ndarray, ndim: int) -> np.ndarray:
+    """Weighted ``np.histogram`` of the finite values of one block, shaped ``(1,)*ndim + (nbins,)``."""
+    v = np.asarray(block, dtype=np.float64).ravel()
+    w = np.broadcast_to(np.asarray(wblock, dtype=np.float64), np.shape(block)).ravel()
+    ok = np.isfinite(v)
+    counts, _ = np.histogram(v[ok], bins=edges, weights=w[ok])
+    return counts.reshape((1,) * ndim + (edges.size - 1,))
+
+
+def _weighted_counts(da: xr.DataArray, weights: xr.DataArray, edges: np.ndarray) -> np.ndarray | dsa.Array:
+    """Sums of ``weights`` of the values of ``da`` in fixed bins (numpy, or a dask sum of per-chunk sums)."""
+    nb = edges.size - 1
+    extra = [d for d in weights.dims if d not in da.dims]
+    if extra:
+        raise ValueError(f"histogram: weight dims {extra} not in the data dims {tuple(da.dims)}")
+    w = weights.astype(np.float64).transpose(*[d for d in da.dims if d in weights.dims])
+    w = w.expand_dims({d: 1 for d in da.dims if d not in weights.dims}).transpose(*da.dims)
+    if not is_lazy(da):
+        return _block_weighted(da.values, np.asarray(w.values), edges, 0)
+    data = da.data
+    wdata = dsa.broadcast_to(dsa.from_array(np.asarray(w.values)), data.shape).rechunk(data.chunks)
+    per_block = dsa.map_blocks(
+        _block_weighted, data, wdata, edges, data.ndim,
+        new_axis=data.ndim,
+        chunks=tuple((1,) * len(c) for c in data.chunks) + ((nb,),),
+        dtype=np.float64,
+        meta=np.empty((0,) * (data.ndim + 1), dtype=np.float64),
+    )
+    return per_block.sum(axis=tuple(range(data.ndim)))
+
+
+def _counts(da: xr.DataArray, edges: np.ndarray, weights: xr.DataArray | None = None) -> np.ndarray | dsa.Array:
     """Counts of the values of ``da`` in fixed bins: numpy, or a dask sum of per-chunk histograms."""
+    if weights is not None:
+        return _weighted_counts(da, weights, edges)
     nb = edges.size - 1
     if not is_lazy(da):
         return _block_counts(da.values, edges, 0)
@@ -164,7 +235,8 @@ def _counts(da: xr.DataArray, edges: np.ndarray) -> np.ndarray | dsa.Array:
 
 # Histogram with fixed bin edges, summed over chunks (as np.histogram; last bin closed).
 def histogram(da: xr.DataArray, bins: int | Sequence[float] | np.ndarray = 64,
-              range: tuple[float, float] | None = None, density: bool = False) -> xr.DataArray:
+              range: tuple[float, float] | None = None, density: bool = False,
+              weights: xr.DataArray | None = None) -> xr.DataArray:
     """Histogram of all finite values of ``da`` with fixed bin edges, chunk by chunk.
 
     Bins follow :func:`numpy.histogram` (half-open ``[e_i, e_{i+1})``, the last one closed); values outside the
@@ -182,6 +254,9 @@ def histogram(da: xr.DataArray, bins: int | Sequence[float] | np.ndarray = 64,
         Lower and upper edge when ``bins`` is an int; the data's min and max when omitted.
     density : bool, optional
         Return ``counts / (total · width)`` (integrates to 1) instead of counts.
+    weights : xarray.DataArray, optional
+        Weight of every value (broadcast against ``da`` by dim name, e.g. area weights over the field dims):
+        each value counts with its weight instead of 1.
 
     Returns
     -------
@@ -191,14 +266,15 @@ def histogram(da: xr.DataArray, bins: int | Sequence[float] | np.ndarray = 64,
         over ``bin``).
     """
     edges = _edges([da], bins, range)
-    counts = xr.DataArray(_counts(da, edges), dims=("bin",))
+    counts = xr.DataArray(_counts(da, edges, weights), dims=("bin",))
     width = np.diff(edges)
     units = da.attrs.get("units", "")
     if density:
         counts = counts / (counts.sum() * xr.DataArray(width, dims=("bin",)))
         attrs = {"long_name": f"probability density of {da.name or 'values'}", "units": f"1/({units})" if units else ""}
     else:
-        attrs = {"long_name": f"counts of {da.name or 'values'}", "units": "count"}
+        attrs = {"long_name": f"{'weighted ' if weights is not None else ''}counts of {da.name or 'values'}",
+                 "units": "count"}
     out = counts.assign_coords(
         bin=("bin", 0.5 * (edges[:-1] + edges[1:]), {"long_name": "bin centre", "units": units}),
         bin_left=("bin", edges[:-1]),
@@ -228,7 +304,8 @@ def _finite_values(da: xr.DataArray) -> np.ndarray:
 
 # 1-D Wasserstein-1 distance as the L1 distance between CDFs: Vallender 1974 (Theory Probab. Appl. 18, 784).
 def wasserstein1(a: xr.DataArray, b: xr.DataArray, bins: int | Sequence[float] | np.ndarray = 4096,
-                 range: tuple[float, float] | None = None, exact: bool | None = None) -> xr.DataArray:
+                 range: tuple[float, float] | None = None, exact: bool | None = None,
+                 weights_a: xr.DataArray | None = None, weights_b: xr.DataArray | None = None) -> xr.DataArray:
     """1-D Wasserstein distance ``W1 = ∫|F_a(x) - F_b(x)| dx`` between the value distributions of two arrays.
 
     Two methods:
@@ -253,6 +330,9 @@ def wasserstein1(a: xr.DataArray, b: xr.DataArray, bins: int | Sequence[float] |
     exact : bool, optional
         Force the sort-based (``True``) or histogram (``False``) method. By default the exact method is used when
         both arrays are in memory (numpy-backed) with at most ``EXACT_W1_MAX_SIZE`` values together.
+    weights_a, weights_b : xarray.DataArray, optional
+        Weights of the values of ``a`` and ``b`` (e.g. area weights; both or neither): the weighted value
+        distributions are compared, always by the histogram method.
 
     Returns
     -------
@@ -260,8 +340,13 @@ def wasserstein1(a: xr.DataArray, b: xr.DataArray, bins: int | Sequence[float] |
         0-d distance (lazy for the streaming method with ``range`` given), with ``attrs["method"]`` and, for the
         streaming method, ``attrs["max_discretisation_error"]``.
     """
+    weighted = weights_a is not None or weights_b is not None
+    if weighted and (weights_a is None or weights_b is None):
+        raise ValueError("wasserstein1: give weights for both arrays or for neither")
+    if weighted and exact:
+        raise ValueError("wasserstein1: weighted distributions are compared by the histogram method (exact=False)")
     if exact is None:
-        exact = not is_lazy(a) and not is_lazy(b) and a.size + b.size <= EXACT_W1_MAX_SIZE
+        exact = not weighted and not is_lazy(a) and not is_lazy(b) and a.size + b.size <= EXACT_W1_MAX_SIZE
     if exact:
         va, vb = _finite_values(a), _finite_values(b)
         if va.size == 0 or vb.size == 0:
@@ -270,7 +355,7 @@ def wasserstein1(a: xr.DataArray, b: xr.DataArray, bins: int | Sequence[float] |
                             attrs={"long_name": "Wasserstein-1 distance", "method": "exact (sorted values)",
                                    "units": a.attrs.get("units", "")})
     edges = _edges([a, b], bins, range)
-    ca, cb = _counts(a, edges), _counts(b, edges)
+    ca, cb = _counts(a, edges, weights_a), _counts(b, edges, weights_b)
     centres = 0.5 * (edges[:-1] + edges[1:])
     fa = ca.cumsum(axis=0) / ca.sum()
     fb = cb.cumsum(axis=0) / cb.sum()

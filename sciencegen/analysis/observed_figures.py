@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .panels import PanelAxis, draw_field, drawn_axis, panel_axis, units_suffix
+
 __all__ = ["observation_display", "plot_observed"]
 
 
@@ -58,25 +60,22 @@ def observation_display(obs: Mapping[str, np.ndarray], shape: Sequence[int], per
     return {"points": np.where(per, centre % n, centre), "values": val}
 
 
-def _extent(coords: Sequence[np.ndarray]) -> list[float]:
-    """imshow extent ``[x0, x1, y0, y1]`` of cell-centred coordinates (last dim horizontal)."""
-    out = []
-    for c in (coords[-1], coords[-2]):
-        c = np.asarray(c, dtype=np.float64)
-        h = 0.5 * (c[1] - c[0]) if c.size > 1 else 0.5
-        out += [float(c[0] - h), float(c[-1] + h)]
-    return out
+def _limits_of(axis: PanelAxis) -> tuple[float, float]:
+    """Axis limits of cell-centred increasing values: half a cell beyond the first and the last."""
+    c = np.asarray(axis.values, dtype=np.float64)
+    h = 0.5 * (c[1] - c[0]) if c.size > 1 else 0.5
+    return float(c[0] - h), float(c[-1] + h)
 
 
-def _at(coord: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def _at(coord: PanelAxis, pos: np.ndarray) -> np.ndarray:
     """Coordinates of fractional grid-index positions (linear between points, extrapolated past the last)."""
-    c = np.asarray(coord, dtype=np.float64)
+    c = np.asarray(coord.values, dtype=np.float64)
     step = c[1] - c[0] if c.size > 1 else 1.0
     return c[0] + np.asarray(pos, dtype=np.float64) * step
 
 
-def _field(ax: Any, f: np.ndarray | None, coords: Sequence[np.ndarray], lo: float, hi: float, cmap: str) -> Any:
-    """One field panel: a curve (1-D), an image (2-D), the first slice of a 3-D field."""
+def _field(ax: Any, f: np.ndarray | None, coords: Sequence[PanelAxis], lo: float, hi: float, cmap: str) -> Any:
+    """One field panel: a curve (1-D), an image by coordinate value, north up (2-D), the first slice of 3-D."""
     if f is None:
         ax.axis("off")
         return None
@@ -84,14 +83,14 @@ def _field(ax: Any, f: np.ndarray | None, coords: Sequence[np.ndarray], lo: floa
     if f.ndim == 3:
         f = f[0]
     if f.ndim == 1:
-        ax.plot(coords[-1], f, lw=0.9)
+        ax.plot(coords[-1].values, f, lw=0.9)
         ax.set_ylim(lo, hi)
+        ax.set_xlabel(coords[-1].label, fontsize=7)
         return None
-    return ax.imshow(f, origin="lower", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest",
-                     extent=_extent(coords), aspect="auto")
+    return draw_field(ax, f, coords[-2], coords[-1], vmin=lo, vmax=hi, cmap=cmap, aspect="auto", fontsize=6)
 
 
-def _observations(ax: Any, obs: Mapping[str, Any], coords: Sequence[np.ndarray], lo: float, hi: float,
+def _observations(ax: Any, obs: Mapping[str, Any], coords: Sequence[PanelAxis], lo: float, hi: float,
                   cmap: str) -> Any:
     """The observations: block values as an image, points as a scatter coloured by value (first slice in 3-D)."""
     if "image" in obs:
@@ -100,19 +99,26 @@ def _observations(ax: Any, obs: Mapping[str, Any], coords: Sequence[np.ndarray],
     nd = len(coords)
     if nd == 1:
         ax.scatter(_at(coords[0], pts[:, 0]), val, s=8, c=val, cmap=cmap, vmin=lo, vmax=hi)
-        ax.set_xlim(*_extent([coords[0], coords[0]])[:2])
+        ax.set_xlim(*sorted(_limits_of(coords[0])))
         ax.set_ylim(lo, hi)
+        ax.set_xlabel(coords[0].label, fontsize=7)
         return None
     if nd == 3:
-        keep = np.round(pts[:, 0]) % len(coords[0]) == 0
+        keep = np.round(pts[:, 0]) % len(coords[0].values) == 0
         pts, val = pts[keep][:, 1:], val[keep]
-    c2 = coords[-2:]
     ax.set_facecolor("0.92")
-    sc = ax.scatter(_at(c2[1], pts[:, 1]), _at(c2[0], pts[:, 0]), s=max(2.0, 400.0 / max(1, len(val)) ** 0.5),
+    placed, drawn = [], []
+    for i, c in enumerate(coords[-2:]):  # positions in the coordinates the image is drawn in (north up)
+        d = drawn_axis(c, len(c.values))[0]
+        placed.append(_at(d if d.index else c, pts[:, i]))
+        drawn.append(d)
+    sc = ax.scatter(placed[1], placed[0], s=max(2.0, 400.0 / max(1, len(val)) ** 0.5),
                     c=val, cmap=cmap, vmin=lo, vmax=hi, edgecolors="none")
-    ext = _extent(c2)
-    ax.set_xlim(ext[0], ext[1])
-    ax.set_ylim(ext[2], ext[3])
+    ax.set_xlim(*_limits_of(drawn[1]))
+    ax.set_ylim(*_limits_of(drawn[0]))
+    ax.set_xlabel(drawn[1].label, fontsize=7)
+    ax.set_ylabel(drawn[0].label, fontsize=7)
+    ax.tick_params(labelsize=6)
     return sc
 
 
@@ -140,7 +146,9 @@ def plot_observed(path: str | os.PathLike, panels: Mapping[str, Any], variable: 
         ``{"cases": [K], "truth", "mean", "std", "exact_mean", "exact_std": [K] lists of fields (``None`` where
         unknown), "observations": [K] of :func:`observation_display`, "coords": {dim: 1-D coordinate}}``.
     variable, units
-        The variable shown and its units.
+        The variable shown and its units (none or empty: the colour bar labels have no units). The ``coords``
+        may be arrays or ``xarray`` coordinates (whose ``units`` label the axes); images are drawn by
+        coordinate value, the vertical coordinate increasing upward (north up).
     title
         Figure title.
     """
@@ -150,7 +158,7 @@ def plot_observed(path: str | os.PathLike, panels: Mapping[str, Any], variable: 
     names = (["truth", "observations", "member mean"] + (["exact mean"] if exact else []) + ["member std"]
              + (["exact std"] if exact else []))
     dims = list(panels["coords"])
-    coords = [np.asarray(panels["coords"][d]) for d in dims]
+    coords = [panel_axis(panels["coords"][d], d) for d in dims]
     rows = len(panels["cases"])
     fig = Figure(figsize=(2.7 * len(names) + 1.6, 2.5 * max(1, rows) + 0.8), layout="constrained")
     grid = fig.add_gridspec(max(1, rows), len(names))
@@ -176,12 +184,13 @@ def plot_observed(path: str | os.PathLike, panels: Mapping[str, Any], variable: 
             ax.set_title(f"{name}" + (" (unknown)" if name == "truth" and panels["truth"][r] is None else ""),
                          fontsize=8)
             ax.tick_params(labelsize=6)
-            ax.set_xlabel(dims[-1], fontsize=7)
             if j == 0:
-                ax.set_ylabel(f"case {case}\n{dims[-2] if len(dims) > 1 else variable}", fontsize=8)
+                ax.set_ylabel(f"case {case}\n{ax.get_ylabel() if len(dims) > 1 else variable}", fontsize=8)
+            else:
+                ax.set_ylabel("")
         if im is not None:
-            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{variable} [{units or '1'}]")
+            fig.colorbar(im, ax=axes, shrink=0.85, label=f"{variable}{units_suffix(units)}")
         if sim is not None:
-            fig.colorbar(sim, ax=sax, shrink=0.85, label=f"std [{units or '1'}]")
+            fig.colorbar(sim, ax=sax, shrink=0.85, label=f"std{units_suffix(units)}")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=100, format="png")

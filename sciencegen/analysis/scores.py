@@ -34,8 +34,12 @@ def _check_pair(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashabl
     return int(forecast.sizes[member_dim])
 
 
-def _reduce(score: xr.DataArray, dims: str | Sequence[Hashable] | None, func: str) -> xr.DataArray:
-    """Mean over ``dims`` (every dim when ``None``)."""
+def _reduce(score: xr.DataArray, dims: str | Sequence[Hashable] | None, func: str,
+            weights: xr.DataArray | None = None) -> xr.DataArray:
+    """Mean over ``dims`` (every dim when ``None``); weighted by ``weights`` (NaN skipped) when given."""
+    if weights is not None:
+        dims = list(score.dims) if dims is None else list(check_dims(score, dims, func))
+        return score.weighted(weights.fillna(0.0)).mean(dims) if dims else score
     if dims is None:
         return score.mean()
     dims = check_dims(score, dims, func)
@@ -55,7 +59,7 @@ def _crps_np(x: np.ndarray, y: np.ndarray, fair: bool) -> np.ndarray:
 
 # Ensemble CRPS: Gneiting & Raftery 2007 (JASA 102, 359; kernel form); fair CRPS: Ferro 2014 (QJRMS 140, 1917).
 def crps_ensemble(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashable = "member", fair: bool = False,
-                  dims: str | Sequence[Hashable] | None = None) -> xr.DataArray:
+                  dims: str | Sequence[Hashable] | None = None, weights: xr.DataArray | None = None) -> xr.DataArray:
     """Continuous ranked probability score of an ensemble forecast.
 
     ``CRPS = mean_i |X_i - y| - ½ mean_{i,j} |X_i - X_j|`` over all ``m²`` member pairs (``i = j`` included), the
@@ -78,6 +82,9 @@ def crps_ensemble(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hasha
         Fair (unbiased, Ferro 2014) version; needs ``m >= 2``.
     dims : str or sequence of str, optional
         Dims averaged over; all non-member dims by default, ``()`` for the per-point score.
+    weights : xarray.DataArray, optional
+        Weights of the mean (e.g. ``cos(latitude)`` area weights over the field dims); NaN scores (invalid
+        points) are skipped with their weights.
 
     Returns
     -------
@@ -99,7 +106,7 @@ def crps_ensemble(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hasha
         dask="parallelized",
         output_dtypes=[np.float64],
     )
-    out = _reduce(score, dims, "crps_ensemble")
+    out = _reduce(score, dims, "crps_ensemble", weights)
     out.name = "crps_fair" if fair else "crps"
     out.attrs = {"long_name": f"{'fair ' if fair else ''}continuous ranked probability score",
                  "units": forecast.attrs.get("units", ""), "members": m}
@@ -155,7 +162,7 @@ def crps_gaussian(mu: xr.DataArray | float, sigma: xr.DataArray | float, truth: 
 
 # Spread-skill ratio with the finite-ensemble correction sqrt((m+1)/m): Fortin et al. 2014 (J. Hydrometeor. 15, 1708).
 def spread_skill(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashable = "member",
-                 dims: str | Sequence[Hashable] | None = None) -> xr.Dataset:
+                 dims: str | Sequence[Hashable] | None = None, weights: xr.DataArray | None = None) -> xr.Dataset:
     """Ensemble spread, skill (RMSE of the ensemble mean) and their ratio.
 
     ``spread = sqrt(mean s²)`` with ``s²`` the unbiased (``ddof=1``) ensemble variance, ``skill =
@@ -173,6 +180,8 @@ def spread_skill(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashab
         Ensemble dim (default ``"member"``).
     dims : str or sequence of str, optional
         Dims averaged over (inside the square roots); all non-member dims by default.
+    weights : xarray.DataArray, optional
+        Weights of those means (e.g. area weights); NaN values skipped with their weights.
 
     Returns
     -------
@@ -190,8 +199,8 @@ def spread_skill(forecast: xr.DataArray, truth: xr.DataArray, member_dim: Hashab
     f = forecast.astype(np.float64)
     var = f.var(member_dim, ddof=1)
     err2 = (f.mean(member_dim) - truth) ** 2
-    spread = np.sqrt(_reduce(var, dims, "spread_skill"))
-    skill = np.sqrt(_reduce(err2, dims, "spread_skill"))
+    spread = np.sqrt(_reduce(var, dims, "spread_skill", weights))
+    skill = np.sqrt(_reduce(err2, dims, "spread_skill", weights))
     units = forecast.attrs.get("units", "")
     out = xr.Dataset({
         "spread": spread.assign_attrs(long_name="ensemble spread sqrt(mean unbiased variance)", units=units),

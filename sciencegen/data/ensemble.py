@@ -47,6 +47,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import SciencegenError
+from .masks import ensemble_layout, finite_where_valid, store_valid
+from .metadata import clean_template
 from .store import CONVENTIONS
 
 __all__ = [
@@ -259,7 +261,7 @@ class ConditionAxis:
 def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple[str, ...],
              field_shape: tuple[int, ...], members: int, chunk: int, *, coords: dict[str, Any] | None = None,
              var_attrs: dict[str, dict] | None = None, attrs: dict[str, Any] | None = None,
-             conditions: ConditionAxis | None = None) -> xr.Dataset:
+             conditions: ConditionAxis | None = None, masks: dict[str, Any] | None = None) -> xr.Dataset:
     """The layout of an ensemble store as a lazy (Dask, all zeros) dataset, for :func:`create_store`.
 
     Parameters
@@ -281,10 +283,12 @@ def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple
     conditions
         A conditional ensemble's ``condition`` axis (``truth_*``, ``input_*``, the ``lead_time`` dim, the root
         attribute :data:`CONDITION_ATTR`); ``None``: the unconditional layout.
+    masks
+        Masked data ``{variable: (valid, metadata)}``: ``valid_<v>``, ``sciencegen_masks`` (masks.ensemble_layout).
     """
     import dask.array as da
 
-    var_attrs = var_attrs or {}
+    coords, var_attrs = clean_template(coords, var_attrs, (*variables, *field_dims))  # no stale CF attributes
     lead_dims, lead_shape = conditions.lead if conditions else ((), ())
     outer = ("condition", "member") if conditions else ("member",)
     oshape, ochunk = ((conditions.count, members), (1, chunk)) if conditions else ((members,), (chunk,))
@@ -302,9 +306,12 @@ def template(meta: dict[str, Any], variables: tuple[str, ...], field_dims: tuple
     select = "ds.where(ds.complete)" if conditions else "ds.sel(member=ds.complete.values)"
     data["complete"] = (outer, da.zeros(oshape, chunks=ochunk, dtype=bool),
                         {"long_name": f"member written completely (select with {select})"})
+    valid, mask_attrs = ensemble_layout(masks, field_dims)
+    data.update(valid)
     coords = dict(coords or {})
     coords["member"] = ("member", np.arange(members), dict(MEMBER_ATTRS))
-    root = {ATTR: json.dumps(meta, sort_keys=True, default=str), "Conventions": CONVENTIONS, **(attrs or {})}
+    root = {ATTR: json.dumps(meta, sort_keys=True, default=str), "Conventions": CONVENTIONS, **(attrs or {}),
+            **mask_attrs}
     if conditions:
         coords.update(_condition_coords(conditions))
         root[CONDITION_ATTR] = json.dumps(conditions.description, default=str)  # in order: inputs are channels
@@ -533,6 +540,7 @@ def unreadable_chunks(path: Path, ranges: list[tuple[int, ...]], chunks: list[in
 
     group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     extra = [k for k in group.array_keys() if k.startswith(("truth_", "input_")) and not k.startswith("input_static_")]
+    valid = store_valid(group)  # masked data: NaN where a variable is invalid
     bad: dict[int, str] = {}
     for c in chunks:
         cond, a, b = ranges[c] if len(ranges[c]) == 3 else (None, *ranges[c])
@@ -543,7 +551,7 @@ def unreadable_chunks(path: Path, ranges: list[tuple[int, ...]], chunks: list[in
             except Exception as exc:  # truncated or garbled chunk file: any codec error
                 bad[c] = f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 break
-            if (name in variables or name.startswith("input_")) and not np.isfinite(values).all():
+            if (name in variables or name.startswith("input_")) and not finite_where_valid(values, name, valid):
                 bad[c] = f"{name}: missing or non-finite values in members flagged complete"
                 break
     return bad

@@ -35,6 +35,7 @@ __all__ = [
     "progress_bar",
     "resolve_spec",
     "short_error",
+    "store_bytes",
 ]
 
 #: what to do with NaN/Inf values in user data
@@ -128,6 +129,16 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
+def store_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk under a store (a directory tree)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
 def short_error(exc: BaseException) -> str:
     """One-line summary of an exception: ``"TypeName: first line of its message"``."""
     msg = str(exc).strip().splitlines()
@@ -163,7 +174,9 @@ def open_user_data(path: Any, kind: str = "netcdf", engine: str | None = None) -
             if len(paths) == 1:
                 ds = xr.open_dataset(paths[0], engine=engine, chunks=None)
             else:
-                ds = xr.open_mfdataset(paths, engine=engine, combine="by_coords", parallel=False)
+                # the combine options spelled out (today's defaults, which xarray will change: a FutureWarning)
+                ds = xr.open_mfdataset(paths, engine=engine, combine="by_coords", parallel=False, data_vars="all",
+                                       coords="different", compat="no_conflicts", join="outer")
         else:
             raise DataError(f"unknown data kind {kind!r} (netcdf or zarr)")
     except DataError:

@@ -48,7 +48,9 @@ from .fields import (
     nonfinite_report,
     progress_bar,
     short_error,
+    store_bytes,
 )
+from .metadata import clean_dataset
 
 __all__ = ["ATTR", "CONVENTIONS", "DataWriteError", "PreparedData", "open_prepared", "read_metadata",
            "remove_stale_temps", "store_bytes", "write_prepared"]
@@ -183,7 +185,8 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
                    dtype: str = "float32", chunk_mb: float = 8.0, chunks: Mapping[str, int] | None = None,
                    nonfinite: str = "error", check_input: bool = True, progress: bool = False,
                    extra_attrs: Mapping[str, Any] | None = None, max_gb: float | None = None,
-                   conditioning: Mapping[str, Any] | None = None) -> PreparedData:
+                   conditioning: Mapping[str, Any] | None = None,
+                   masks: Mapping[str, Any] | None = None) -> PreparedData:
     """Write ``ds[spec.variables]`` (and a conditional dataset's inputs and statics) as a prepared store, atomically.
 
     Parameters
@@ -219,6 +222,8 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
         Refuse, before reading anything, an input larger than this many GB (``dataset.max_gb``); ``None``: no limit.
     conditioning
         A conditional dataset's metadata (``build_inputs``): its ``inputs`` and ``static`` variables are written too.
+    masks
+        ``meta["masks"]`` (:mod:`sciencegen.data.masks`): ``ds``'s ``valid_<v>`` are written too (uint8).
 
     Raises
     ------
@@ -243,15 +248,16 @@ def write_prepared(ds: xr.Dataset, spec: FieldSpec, path: str | os.PathLike, *, 
     cond = conditioning or {}  # the variables on sample dims (targets, inputs), then those on the field dims only
     sampled = FieldSpec((*spec.variables, *cond.get("inputs", {})), spec.sample_dims, spec.field_dims, spec.periodic)
     names = [*sampled.variables, *cond.get("static", {})]
-    out = ds[names].transpose(*spec.sample_dims, *spec.field_dims)
-    # keep only coordinates on our dims
-    dims = set(spec.sample_dims) | set(spec.field_dims)
-    out = out.drop_vars([c for c in out.coords if not set(out[c].dims) <= dims])
+    valid = [f"valid_{v}" for v in masks or {}]  # validity masks: beside the data, not in the statistics
+    out = ds[[*names, *valid]].transpose(*spec.sample_dims, *spec.field_dims)
+    dims = set(spec.sample_dims) | set(spec.field_dims)  # coordinates on our dims only, no stale CF attributes
+    out = clean_dataset(out.drop_vars([c for c in out.coords if not set(out[c].dims) <= dims]))
     _check_size(out, sampled, label, max_gb, log_reads=check_input)
 
     def work(stop: StopRequest, tmp: Path) -> None:
         data = _finish_input(out, sampled, label, nonfinite, dtype, chunk_mb, chunks, check_input, progress)
-        data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs, conditioning)
+        data = data.assign({v: data[v].astype("uint8") for v in valid})
+        data.attrs = _root_attrs(data, spec, name, config, label, nonfinite, extra_attrs, conditioning, masks)
         _check_space(data, sampled, path)
         _stop_point(stop)
         with progress_bar(progress, f"writing {path.name}"):
@@ -345,7 +351,7 @@ def _apply_nonfinite(out: xr.Dataset, spec: FieldSpec, label: str, nonfinite: st
 
 def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str, Any], label: str,
                 nonfinite: str, extra_attrs: Mapping[str, Any] | None,
-                conditioning: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                conditioning: Mapping[str, Any] | None = None, masks: Any = None) -> dict[str, Any]:
     """Root attributes: the input's, CF ``Conventions``, a ``history`` line and our metadata (``complete: false``)."""
     from .. import __version__
 
@@ -359,6 +365,7 @@ def _root_attrs(out: xr.Dataset, spec: FieldSpec, name: str, config: Mapping[str
             "created": now, "source": label, "nonfinite": nonfinite, "complete": False}
     if conditioning:
         meta["conditioning"] = dict(conditioning)
+    meta.update({"masks": dict(masks)} if masks else {})
     attrs[ATTR] = json.dumps(meta)
     return attrs
 
@@ -588,13 +595,3 @@ def _newest_mtime(p: Path) -> float:
             with contextlib.suppress(OSError):
                 newest = max(newest, os.stat(f).st_mtime)
     return newest
-
-
-def store_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk under a store."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(root, f))
-    return total

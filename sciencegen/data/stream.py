@@ -13,7 +13,9 @@
   shuffled together. Memory per reader (main process or DataLoader worker) is bounded by that group
   (``buffer_chunks`` chunks, as read) plus the batch being filled (batches handed out are the
   consumer's); the samples are gathered from the group straight into the batch and normalised there.
-* **Normalisation** on the fly: ``(x - mean[c]) / std[c]``, then NaN (masked values) → ``nan_fill``.
+* **Normalisation** on the fly: ``(x - mean[c]) / std[c]``, then NaN (masked values) → ``nan_fill``; with
+  ``keep_invalid`` the target channels keep their NaN (the invalid points, which the training loss ignores:
+  :func:`~sciencegen.models.precond.denoising_loss` with ``valid``), the condition channels are filled.
 * **Conditions** (``targets=N``): the first ``N`` variables are targets, the others condition inputs read from
   the same chunks; each batch is split into ``(target, cond)``, ``cond`` ending with the ``static`` channels
   broadcast over the batch. Without ``targets`` (the default) batches are tensors, as they always were.
@@ -197,6 +199,8 @@ class FieldStream(IterableDataset):
         (see the module docstring).
     nan_fill
         Value replacing NaN after normalisation.
+    keep_invalid
+        Leave NaN in the target channels (all channels without ``targets``): the points a masked loss ignores.
     rank, world_size
         Shard of this process. Default: from :mod:`torch.distributed` when it is initialised (create the
         stream after ``init_process_group``), else 0 and 1.
@@ -225,7 +229,7 @@ class FieldStream(IterableDataset):
                  shuffle: bool | None = None, seed: int = 0, split: str = "all", holdout: float = 0.0,
                  drop_last: bool = False, nan_fill: float = 0.0, rank: int | None = None,
                  world_size: int | None = None, dtype: torch.dtype = torch.float32, buffer_chunks: int = 4,
-                 targets: int | None = None, static: np.ndarray | None = None):
+                 targets: int | None = None, static: np.ndarray | None = None, keep_invalid: bool = False):
         super().__init__()
         self.path = os.fspath(path)
         self.variables = (variables,) if isinstance(variables, str) else tuple(variables)
@@ -248,6 +252,7 @@ class FieldStream(IterableDataset):
         self.chunk_ids = self._split_chunks()
         self.targets, self.static = _condition_options(targets, static, len(self.variables), self.field_shape,
                                                        self._np_dtype)
+        self.keep_invalid = bool(keep_invalid)
         #: readers per rank assumed by ``len()`` (set by :func:`~sciencegen.data.loader.make_loader`)
         self.num_workers = 0
         self._epoch = multiprocessing.RawValue("q", 0)
@@ -467,7 +472,8 @@ class FieldStream(IterableDataset):
             np.subtract(dst, self._np_dtype.type(self.mean[c]), out=dst)
             np.divide(dst, self._np_dtype.type(self.std[c]), out=dst)
         if self._scan_nan and np.isnan(rows.sum()):
-            np.copyto(rows, self._np_dtype.type(self.nan_fill), where=np.isnan(rows))
+            fill = rows[:, self.targets or len(self.variables):] if self.keep_invalid else rows
+            np.copyto(fill, self._np_dtype.type(self.nan_fill), where=np.isnan(fill))
 
     def _chunk_sequence(self, chunks: np.ndarray, budget: int | None) -> Iterator[tuple[int, bool]]:
         """``(chunk, is_padding)``: the reader's chunks, then (pad policy) its chunks again, cyclically."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,11 @@ class Side:
         Exact isotropic spectrum per variable where the reference is an analytic law (else ``None``).
     law_moments
         Exact one-point moments (``mean``, ``std``, ``skewness``, ``kurtosis``) of an analytic law, if known.
+    request
+        The :class:`~sciencegen.evaluation.references.ReferenceRequest` a reference was built from (its dataset,
+        data root and hold-out fraction: where the training data are); ``None`` for the generated side.
+    extras
+        Results of the whole run computed with the metrics (the memorisation check), recorded by the report.
     """
 
     kind: str
@@ -77,6 +83,8 @@ class Side:
     info: dict[str, Any] = field(default_factory=dict)
     law_spectrum: dict[str, np.ndarray] | None = None
     law_moments: dict[str, float] | None = None
+    request: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def first_line(exc: BaseException) -> str:
@@ -124,14 +132,38 @@ def fmt(x: Any, spec: str = ".4g") -> str:
     return format(x, spec)
 
 
-def command_line() -> str | None:
-    """The command line of the running Hydra job (``None`` outside one)."""
+def command_line(argv: Sequence[str] | None = None) -> str | None:
+    """The command that ran, as typed (``sciencegen-evaluate samples.path=...``); ``None`` outside a command.
+
+    Inside a Hydra job (a console script, ``python -m sciencegen``, or the whole job ``sciencegen`` whose
+    evaluation step this is) it is the process's own command line, quoted for a shell: the program's name
+    (``python -m sciencegen`` for the package's ``__main__``) and every argument as given. Outside one (a
+    ``run_evaluate(cfg)`` call from Python) there is no command: ``None``.
+
+    Parameters
+    ----------
+    argv
+        The command line (``sys.argv`` when omitted).
+    """
+    import shlex
+    import sys
+
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return "sciencegen-evaluate " + " ".join(HydraConfig.get().overrides.task)
+        if not HydraConfig.initialized():
+            return None
     except Exception:
         return None
+    args = list(sys.argv if argv is None else argv)
+    if not args:
+        return None
+    prog = Path(args[0]).name
+    if prog == "__main__.py":
+        prog = f"python -m {Path(args[0]).parent.name}"
+    elif prog.endswith(".py"):
+        prog = f"python {shlex.quote(args[0])}"
+    return " ".join([prog, *(shlex.quote(a) for a in args[1:])])
 
 
 #: a shell counts for the spectral error if its reference power is at least this fraction of the peak: a

@@ -72,6 +72,9 @@ class CondStore:
         ``{static name: array (*field)}``.
     periodic
         Per field dim: periodic or not.
+    valid
+        ``{variable: boolean over the field dims}`` of a masked variable (the store's ``valid_<v>``): its
+        members and truths hold NaN where it is False, and the scores use the valid points only.
     """
 
     path: Path
@@ -88,6 +91,7 @@ class CondStore:
     inputs: dict[str, np.ndarray]
     statics: dict[str, np.ndarray]
     periodic: dict[str, bool] = field(default_factory=dict)
+    valid: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def conditions(self) -> int:
@@ -101,8 +105,11 @@ class CondStore:
 
     def known(self, v: str, lead: int) -> np.ndarray:
         """Per condition: evaluated and with a finite truth of ``v`` at lead index ``lead``."""
-        t = self.truth[v][:, lead].reshape(self.conditions, -1)
-        return self.evaluated & np.isfinite(t).all(axis=1)
+        t = self.truth[v][:, lead]
+        ok = np.isfinite(t)
+        if v in self.valid:  # a masked variable's truth is NaN where it is invalid
+            ok |= ~self.valid[v]
+        return self.evaluated & ok.reshape(self.conditions, -1).all(axis=1)
 
     def forecast(self, v: str, lead: int, conds: np.ndarray) -> xr.DataArray:
         """The members of ``v`` at lead index ``lead`` for ``conds``: lazy ``(condition, member, *field)``."""
@@ -132,11 +139,17 @@ def _read_condition(path: str, var: str, c: int) -> str | None:
     """Why condition ``c`` of ``var`` cannot be used (a chunk that cannot be decoded, non-finite values), or None."""
     import zarr
 
+    from .readable import valid_of
+
     try:
         x = np.asarray(zarr.open_array(path, path=var, mode="r")[c])
     except Exception as exc:  # a truncated or garbled chunk: any codec (or I/O) error
         return f"chunk cannot be decoded: {first_line(exc)}"
-    return None if np.isfinite(x).all() else "missing chunk or non-finite values"
+    ok = np.isfinite(x)
+    valid = valid_of(path, var)
+    if valid is not None:  # NaN where the variable is invalid, by design
+        ok |= ~np.broadcast_to(valid, x.shape)
+    return None if ok.all() else "missing chunk or non-finite values"
 
 
 def _readable(path: Path, variables: Sequence[str], full: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -233,5 +246,6 @@ def open_conditional(ens: Ensemble, want: Any, periodic: Mapping[str, bool]) -> 
     inputs, statics = _inputs(ds, cond, fd)
     truth = {v: _truth(ds, v, fd, len(leads)) for v in variables}
     per = {d: bool(periodic.get(d, False)) for d in fd}
+    valid = {v: np.asarray(ds[f"valid_{v}"].transpose(*fd).values) != 0 for v in variables if f"valid_{v}" in ds}
     return CondStore(path, ds, cond, tuple(variables), fd, m, leads, complete, evaluated, bad, truth, inputs,
-                     statics, per), notes
+                     statics, per, valid), notes

@@ -18,6 +18,11 @@ condition in one Dask pass:
 * ``spectrum``: the isotropic power spectrum of the members (mean over members and cases) and of the truths
   (mean over cases), their relative error ``P_f / P_t - 1`` per shell and the spectral error
   ``mean |log(P_f / P_t)|`` over the complete shells ``1..floor(min(n)/2)`` (as for unconditional stores).
+
+On a latitude-longitude grid (:func:`~sciencegen.analysis.geometry.grid_geometry`) the means over points are
+``cos(latitude)``-weighted and the spectrum is the zonal one (whole grid, complete latitude rows); a masked
+variable (the store's ``valid_<v>``) is scored at its valid points only, its spectrum over complete rows (else
+``None`` with the reason under ``not_computed``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ import numpy as np
 import xarray as xr
 
 from ..analysis import crps_ensemble, isotropic_spectrum, rank_histogram, spatial_correlation
+from ..analysis.correlation import masked_correlation
+from ..analysis.geometry import Geometry, grid_geometry
 from ..analysis.scores import rank_chi2
+from ..analysis.zonal import row_spectrum
 from .baselines import Method
 from .common import resolved_shells
 from .cond_store import CondStore
@@ -55,8 +63,14 @@ def _thin(fd: Sequence[str], s: int) -> dict[str, slice]:
     return {d: slice(0, None, s) for d in fd}
 
 
+def _mean(x: xr.DataArray, fd: tuple[str, ...], weights: xr.DataArray | None) -> xr.DataArray:
+    """Mean over the field dims: plain, or weighted (NaN at invalid points skipped with their weights)."""
+    return x.mean(fd) if weights is None else x.weighted(weights).mean(fd)
+
+
 def lazy_scores(fc: xr.DataArray, truth: xr.DataArray, fd: tuple[str, ...], strides: Sequence[int],
-                correlation: bool = False) -> dict[str, Any]:
+                correlation: bool = False, geo: Geometry | None = None,
+                valid: np.ndarray | None = None) -> dict[str, Any]:
     """The lazy per-case scores of a forecast ``(condition, member, *field)`` against ``truth (condition, *field)``.
 
     Parameters
@@ -69,23 +83,50 @@ def lazy_scores(fc: xr.DataArray, truth: xr.DataArray, fd: tuple[str, ...], stri
         The thinning strides of the rank counts (:func:`candidate_strides`).
     correlation
         Also the two-point correlation of the deviations from the ensemble mean (to choose the stride).
+    geo
+        The grid's geometry: on a latitude-longitude grid the means over points are ``cos(latitude)``-weighted and
+        the spectrum is zonal (:func:`~sciencegen.analysis.zonal.row_spectrum`). ``None`` or a plane: as always.
+    valid
+        The variable's valid points (a masked variable): NaN there are skipped, the spectrum uses complete rows.
     """
     m = int(fc.sizes["member"])
     err = fc.mean("member") - truth
+    w = geo.area_weights() if geo is not None and geo.latlon else None
+    masked = valid is not None and not valid.all()
     out: dict[str, Any] = {
         "m": m,
-        "crps": crps_ensemble(fc, truth, fair=m >= 2, dims=fd),
-        "err2": (err * err).mean(fd),
-        "spec_f": isotropic_spectrum(fc, dims=fd, average=False).mean("member"),
-        "spec_t": isotropic_spectrum(truth, dims=fd, average=False),
+        "crps": crps_ensemble(fc, truth, fair=m >= 2, dims=fd, weights=w),
+        "err2": _mean(err * err, fd, w),
     }
+    if (w is not None or masked) and geo is not None:
+        out |= _row_spectra(fc, truth, geo, valid)
+    else:
+        out |= {"spec_f": isotropic_spectrum(fc, dims=fd, average=False).mean("member"),
+                "spec_t": isotropic_spectrum(truth, dims=fd, average=False)}
     if m >= 2:
-        out["var"] = fc.var("member", ddof=1).mean(fd)
+        out["var"] = _mean(fc.var("member", ddof=1), fd, w)
         out["ranks"] = rank_histogram(fc, truth)
         out["thin"] = {s: rank_histogram(fc.isel(_thin(fd, s)), truth.isel(_thin(fd, s))) for s in strides}
-        if correlation:
+        if correlation and masked:
+            out["corr"] = masked_correlation(fc - fc.mean("member"), fd, xr.DataArray(valid, dims=fd))
+        elif correlation:
             out["corr"] = spatial_correlation(fc - fc.mean("member"), dims=fd, center=None)
     return out
+
+
+def _row_spectra(fc: xr.DataArray, truth: xr.DataArray, geo: Geometry, valid: np.ndarray | None) -> dict[str, Any]:
+    """Zonal (latitude-longitude) or row (masked plane) spectra of the members and of the truths, whole grid."""
+    fd = geo.field_dims
+    ok = None if valid is None else xr.DataArray(valid, dims=fd)
+    if geo.latlon and geo.lon_uniform:
+        rows = geo.area_weights().isel({geo.lon_dim: 0}, drop=True)
+        kw = {"row_weights": rows, "periodic": geo.lon_periodic, "spacing": geo.lon_spacing}
+        return {"spec_f": row_spectrum(fc, geo.lon_dim, fd, valid=ok, **kw),
+                "spec_t": row_spectrum(truth, geo.lon_dim, fd, valid=ok, **kw)}
+    if geo.latlon:
+        return {"spec_f": None, "spec_t": None, "spec_reason": f"the longitude {geo.lon_dim} is not uniformly spaced"}
+    return {"spec_f": row_spectrum(fc, fd[-1], fd, valid=ok, periodic=False),
+            "spec_t": row_spectrum(truth, fd[-1], fd, valid=ok, periodic=False)}
 
 
 def rank_stride(curves: Sequence[xr.DataArray], strides: Sequence[int]) -> tuple[int, list[float] | None]:
@@ -103,16 +144,28 @@ def rank_stride(curves: Sequence[xr.DataArray], strides: Sequence[int]) -> tuple
 
 
 def _spectrum(got: dict[str, Any], shape: Sequence[int]) -> dict[str, Any]:
-    pf = np.asarray(got["spec_f"].mean("condition").values, dtype=np.float64)
-    pt = np.asarray(got["spec_t"].mean("condition").values, dtype=np.float64)
+    if got["spec_f"] is None or ("band" in got["spec_f"].dims and int(got["spec_f"]["rows"][0]) == 0):
+        reason = got.get("spec_reason") or "no complete row of valid points (every row holds a masked point)"
+        return {"spectral_error": None, "spectral_shells": None, "not_computed": {"spectral_error": reason}}
+    if "band" in got["spec_f"].dims:  # a zonal (row) spectrum: the whole grid's, averaged over members and cases
+        pf = np.asarray(got["spec_f"].sel(band="whole").values, dtype=np.float64)
+        pt = np.asarray(got["spec_t"].sel(band="whole").values, dtype=np.float64)
+        shape = [2 * (pf.size - 1)]
+    else:
+        pf = np.asarray(got["spec_f"].mean("condition").values, dtype=np.float64)
+        pt = np.asarray(got["spec_t"].mean("condition").values, dtype=np.float64)
     shells = resolved_shells(pt, min(shape) // 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = pf / pt - 1.0
         logs = np.log(pf[shells] / pt[shells])
     err = float(np.mean(np.abs(logs))) if logs.size and np.all(np.isfinite(logs)) else float("nan")
+    k = got["spec_f"]["wavenumber"]
+    spectrum = {"wavenumber": np.asarray(k.values), "forecast": pf, "truth": pt, "relative_error": rel}
+    if "band" in got["spec_f"].dims:
+        spectrum |= {"kind": "zonal" if k.attrs.get("long_name") == "zonal wavenumber" else "row",
+                     "wavenumber_long_name": k.attrs.get("long_name"), "wavenumber_units": k.attrs.get("units")}
     return {"spectral_error": err, "spectral_shells": [1, int(shells[-1]) if shells.size else 0],
-            "spectrum": {"wavenumber": np.asarray(got["spec_f"]["wavenumber"].values), "forecast": pf, "truth": pt,
-                         "relative_error": rel}}
+            "spectrum": spectrum}
 
 
 def finish_scores(got: dict[str, Any], m: int, stride: int, shape: Sequence[int]) -> dict[str, Any]:
@@ -137,6 +190,8 @@ def lead_scores(store: CondStore, v: str, methods: Sequence[Method]) -> list[dic
     A lead time whose evaluated cases have no known truth holds no scores (``lazy`` empty).
     """
     strides = candidate_strides(store.field_shape)
+    geo = grid_geometry(store.ds, store.field_dims)
+    valid = store.valid.get(v)
     leads = []
     for li, lead in enumerate(store.leads):
         known = store.known(v, li)
@@ -151,7 +206,7 @@ def lead_scores(store: CondStore, v: str, methods: Sequence[Method]) -> list[dic
                     continue
                 fc = meth.forecast(li, conds)
                 entry["lazy"][meth.name] = lazy_scores(fc, truth, store.field_dims, strides,
-                                                       correlation=meth.name == "model")
+                                                       correlation=meth.name == "model", geo=geo, valid=valid)
         leads.append(entry)
     return leads
 

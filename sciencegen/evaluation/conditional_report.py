@@ -86,8 +86,18 @@ def beaten_sentence(v: str, leads: Sequence[Mapping[str, Any]]) -> str:
     return text + " (CRPS, lower is better)."
 
 
+def _u(units: str) -> str:
+    """`` [K]`` after a score's name, or `` (units unknown)``: never an invented ``[1]``."""
+    return f" [{units}]" if units else " (units unknown)"
+
+
+def _spec_cell(m: Mapping[str, Any]) -> str:
+    why = (m.get("not_computed") or {}).get("spectral_error")
+    return f"not computed: {why}" if why else fmt(m["spectral_error"], ".3f")
+
+
 def _table(entry: Mapping[str, Any], units: str) -> list[str]:
-    head = ["method", "members", f"CRPS [{units or '1'}]", f"RMSE [{units or '1'}]", "spread/skill",
+    head = ["method", "members", f"CRPS{_u(units)}", f"RMSE{_u(units)}", "spread/skill",
             "rank χ² p", "spectral error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in entry["methods"].items():
@@ -96,7 +106,7 @@ def _table(entry: Mapping[str, Any], units: str) -> list[str]:
         p_text = "—" if p is None else f"{p:.3g} (χ² {chi['statistic']:.1f}, {chi['dof']} dof)"
         crps = fmt(m["crps"]) + ("" if m["members"] >= 2 else " (MAE)")
         lines.append(f"| {name} | {m['members']} | {crps} | {fmt(m['rmse'])} | {fmt(m['spread_skill'], '.3f')} | "
-                     f"{p_text} | {fmt(m['spectral_error'], '.3f')} |")
+                     f"{p_text} | {_spec_cell(m)} |")
     return lines
 
 
@@ -161,7 +171,7 @@ def conditional_markdown(result: Mapping[str, Any], figures: Sequence[str]) -> s
 
 
 def _obs_table(scores: Mapping[str, Any], units: str) -> list[str]:
-    head = ["method", "points", f"CRPS [{units or '1'}]", f"RMSE [{units or '1'}]", "spread/skill"]
+    head = ["method", "points", f"CRPS{_u(units)}", f"RMSE{_u(units)}", "spread/skill"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, per in scores.items():
         for subset, m in per.items():

@@ -103,7 +103,8 @@ def _lazy_panels(store: CondStore, count: int) -> dict[str, Any]:
         out[v] = {"cases": cases.tolist(), "input_name": name,
                   "input": None if name is None else store.inputs[name][cases],
                   "truth": store.truth[v][cases, 0], "members": da.isel(member=slice(0, 3)).data,
-                  "mean": da.mean("member").data, "count": store.members, "lead_time": store.leads[0]}
+                  "mean": da.mean("member").data, "count": store.members, "lead_time": store.leads[0],
+                  "coords": {d: store.ds[d] if d in store.ds.coords else None for d in store.field_dims}}
     return out
 
 

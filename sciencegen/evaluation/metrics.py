@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..analysis.geometry import Geometry
+from ..analysis.panels import panel_axis
 from .common import EvaluateError, Side, first_line, resolved_shells
 
-__all__ = ["W1_BINS", "compute", "field_units", "panel_arrays", "panels", "scheduler", "variable_metrics"]
+__all__ = ["W1_BINS", "compute", "field_units", "grid_of", "panel_arrays", "panels", "scheduler", "variable_metrics"]
 
 #: common bins of the streaming Wasserstein distance (its discretisation error is at most one bin width)
 W1_BINS = 4096
@@ -105,8 +107,22 @@ def _first_pass(samples: Side, ref: Side) -> dict[str, dict[str, Any]]:
     return got
 
 
+def grid_of(samples: Side, ref: Side) -> Geometry:
+    """The geometry of the compared grid, from the reference's coordinates (else the samples')."""
+    from ..analysis.geometry import grid_geometry
+
+    v0 = next(iter(ref.data))
+    geo = grid_geometry(ref.data[v0], ref.field_dims)
+    return geo if geo.latlon else grid_geometry(samples.data[v0], ref.field_dims)
+
+
 def compute(samples: Side, ref: Side, bins: int, max_lag: int | None) -> dict[str, dict[str, Any]]:
     """The two streaming passes; returns small numpy/xarray results per variable.
+
+    A plane grid without masks gets the plane metrics; a latitude-longitude grid or a masked variable the
+    metrics of :mod:`~sciencegen.evaluation.geo_metrics` on the valid points (found first by
+    :func:`~sciencegen.evaluation.validity.resolve_validity`). The memorisation check
+    (:mod:`~sciencegen.evaluation.memorisation`) runs last; its result goes to ``samples.extras``.
 
     Parameters
     ----------
@@ -120,8 +136,29 @@ def compute(samples: Side, ref: Side, bins: int, max_lag: int | None) -> dict[st
     Raises
     ------
     EvaluateError
-        NaN values in the evaluated members, or no finite value to compare.
+        NaN values in the evaluated members (at valid points), or no finite value to compare.
     """
+    from .geo_metrics import geo_compute
+    from .memorisation import memorisation_check
+    from .validity import resolve_validity
+
+    request = ref.request
+    dataset = request.dataset if request is not None else {}
+    geo = grid_of(samples, ref)
+    validity = resolve_validity(dataset, samples, ref)
+    if geo.latlon or validity:
+        out = geo_compute(samples, ref, bins, max_lag, geo, validity)
+        for v in out:
+            out[v] |= {"geometry": geo, "validity": validity.get(v)}
+    else:
+        out = _plane_compute(samples, ref, bins, max_lag)
+    samples.extras["geometry"] = geo
+    samples.extras["memorisation"] = memorisation_check(samples, ref, geo, validity)
+    return out
+
+
+def _plane_compute(samples: Side, ref: Side, bins: int, max_lag: int | None) -> dict[str, dict[str, Any]]:
+    """The two streaming passes of a plane grid without masks (the metrics as they always were)."""
     import dask
 
     from ..analysis import histogram, spatial_correlation, wasserstein1
@@ -201,6 +238,10 @@ def variable_metrics(v: str, c: dict[str, Any], samples: Side, ref: Side, units:
     The exact law's spectrum and moments (``ref.law_spectrum``, ``ref.law_moments``) are the reference where the
     reference side carries them.
     """
+    if c.get("geo"):
+        from .geo_metrics import geo_variable_metrics
+
+        return geo_variable_metrics(v, c, samples, ref, units, c["geometry"], c["validity"])
     shape = [int(samples.data[v].sizes[d]) for d in ref.field_dims]
     exact = None if ref.law_spectrum is None else ref.law_spectrum[v]
     exact_mom = ref.law_moments
@@ -246,7 +287,6 @@ def panel_arrays(panels: dict[str, Any], field_dims: tuple[str, ...],
     for v, (g, r) in panels.items():
         ids = np.asarray(g["member"].values) if "member" in g.coords else np.arange(g.shape[0])
         fields[v] = (np.asarray(g.values, dtype=np.float64), np.asarray(r.values, dtype=np.float64), ids)
-        coords[v] = tuple(np.asarray(g[d].values, dtype=np.float64) if d in g.coords and
-                          np.issubdtype(g[d].dtype, np.number) else np.arange(g.sizes[d], dtype=np.float64)
+        coords[v] = tuple(panel_axis(g[d]) if d in g.coords else panel_axis(None, d, g.sizes[d])  # names, units
                           for d in field_dims)
     return fields, coords

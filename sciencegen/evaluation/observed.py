@@ -496,7 +496,7 @@ class ObservedPlan:
             p = per[c]["panel"]
             for k in ("mean", "std", "exact_mean", "exact_std"):
                 out[k].append(p.get(k))
-        out["coords"] = {d: np.asarray(store.ds[d].values) if d in store.ds.coords else
+        out["coords"] = {d: store.ds[d] if d in store.ds.coords else
                          np.arange(n) for d, n in zip(store.field_dims, store.field_shape, strict=True)}
         return out
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .common import EvaluateError
 
-__all__ = ["Options", "get_key", "read_options"]
+__all__ = ["Options", "dataset_given", "evaluation_dataset", "get_key", "read_options", "shipped_dataset"]
 
 
 _ABSENT = object()
@@ -150,3 +150,89 @@ def read_options(cfg: Any) -> Options:
         figures=bool(get_key(cfg, "evaluate.figures")), data_root=str(get_key(cfg, "data_root")),
         out_dir=_output_dir(get_key(cfg, "output.dir")), overwrite=bool(get_key(cfg, "output.overwrite")),
         dask=get_key(cfg, "evaluate.dask"), threads=get_key(cfg, "evaluate.threads"))
+
+
+# ------------------------------------------------------------------------------------ the dataset of the store
+
+
+def shipped_dataset(config_name: str = "evaluate") -> dict[str, Any]:
+    """The dataset config ``conf/<config_name>.yaml`` selects by default (its ``defaults`` list), as composed.
+
+    Raises
+    ------
+    EvaluateError
+        The shipped configs cannot be read (a broken installation).
+    """
+    from omegaconf import OmegaConf
+
+    from ..config import SCHEMAS, config_dir, plain
+
+    root = config_dir()
+    try:
+        defaults = OmegaConf.to_container(OmegaConf.load(root / f"{config_name}.yaml")).get("defaults") or []
+        name = next(d["dataset"] for d in defaults if isinstance(d, dict) and "dataset" in d)
+        node = OmegaConf.load(root / "dataset" / f"{name}.yaml")
+        node.pop("defaults", None)
+        schema = SCHEMAS.get(("dataset", str(name)))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node) if schema else node
+    except (OSError, StopIteration, ValueError) as exc:
+        raise EvaluateError(f"{root}: cannot read the shipped dataset config of {config_name}.yaml: {exc}") from None
+    return dict(plain(merged, EvaluateError))
+
+
+def dataset_given(cfg: Any, recorded: Mapping[str, Any] | None = None) -> bool:
+    """Whether the user chose the dataset of an evaluation (else the store's recorded one is used).
+
+    A ``dataset`` config that is not the shipped default of ``conf/evaluate.yaml`` was chosen. One equal to it was
+    chosen when the command line names it (``dataset=...``, ``dataset.KEY=...``: Hydra's overrides); composed
+    without Hydra's runtime (from Python), when it is of the same kind (``_target_``) as the ``recorded`` one, so a
+    default that may have been meant keeps its meaning.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``conf/evaluate.yaml`` config.
+    recorded
+        The dataset config the ensemble store records (``None``: none).
+    """
+    from ..data.prepare import dataset_identity
+
+    conf = get_key(cfg, "dataset", None)
+    if not conf:
+        return False
+    if dataset_identity(conf) != dataset_identity(shipped_dataset()):
+        return True
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        task = [str(o).lstrip("+~") for o in HydraConfig.get().overrides.task]
+        return any(o.split("=", 1)[0].split(".", 1)[0].split("@", 1)[0] == "dataset" for o in task)
+    return bool(recorded) and recorded.get("_target_") == conf.get("_target_")
+
+
+def evaluation_dataset(cfg: Any, recorded: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The dataset config of an evaluation: the user's when given, else the one the store records.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``conf/evaluate.yaml`` config.
+    recorded
+        The dataset config the ensemble store records (its identity's ``dataset``; ``None``: none).
+
+    Returns
+    -------
+    dataset, origin
+        The plain dataset config and where it came from: ``"given"`` (the user's), ``"store"`` (the store's) or
+        ``"default"`` (the shipped default: the store records none).
+    """
+    from ..data.prepare import dataset_config
+
+    given = dataset_given(cfg, recorded)
+    if recorded and not given:
+        return dataset_config(dict(recorded)), "store"
+    conf = get_key(cfg, "dataset", None)
+    if not conf:
+        raise EvaluateError("dataset: the store records no dataset config; give one (e.g. dataset=netcdf "
+                            "dataset.path=FILE dataset.variables=[...] dataset.sample_dims=[time])")
+    return dataset_config(conf), "given" if given else "default"

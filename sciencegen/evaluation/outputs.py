@@ -155,12 +155,19 @@ def figure_writers(result: Mapping[str, Any], samples: Side, ref: Side, panels: 
     legend = Legend(samples.count, ref.label, ref.count, ref.kind == "exact", figure_title(result, ref.label))
     fields, coords = panel_arrays(panels, ref.field_dims)
     label = "exact law" if ref.kind == "exact" else ref.label
-    return {
+    # a metric that could not be computed (its reason is in the report) has no curve: its variable is left out
+    spectra = {v: m for v, m in metrics.items() if "spectrum" in m and m.get("spectral_error") is not None}
+    curves = {v: m for v, m in metrics.items() if "sample" in m["correlation"]}
+    writers = {
         "samples.png": lambda p: plot_sample_panels(p, fields, label, units, coords, legend.title),
-        "spectrum.png": lambda p: plot_spectrum_comparison(p, metrics, legend),
+        "spectrum.png": lambda p: plot_spectrum_comparison(p, spectra, legend),
         "histogram.png": lambda p: plot_histogram_comparison(p, metrics, legend),
-        "correlation.png": lambda p: plot_correlation_comparison(p, metrics, legend),
+        "correlation.png": lambda p: plot_correlation_comparison(p, curves, legend),
     }
+    for name, kept in (("spectrum.png", spectra), ("correlation.png", curves)):
+        if not kept:
+            del writers[name]
+    return writers
 
 
 def write_evaluation(result: dict[str, Any], out_dir: Path, figures: dict[str, Writer], t0: float,

@@ -17,17 +17,31 @@ import numpy as np
 from .common import TASK_BYTES, EvaluateError, first_line, runs
 from .samples import Ensemble
 
-__all__ = ["members_text", "readable_members", "unreadable_members"]
+__all__ = ["members_text", "readable_members", "unreadable_members", "valid_of"]
 
 ScanTask = tuple[str, str, int, list[tuple[int, int]]]
 
 
-def _nonfinite(arr: Any, axis: int, a: int, b: int) -> np.ndarray:
-    """Per member of ``a..b-1``: whether its field holds a non-finite value (missing chunks read as NaN)."""
+def _nonfinite(arr: Any, axis: int, a: int, b: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Per member of ``a..b-1``: whether its field holds a non-finite value (missing chunks read as NaN) at a
+    valid point (``valid``: the store's mask over the trailing field dims; ``None``: every point)."""
     sel = [slice(None)] * arr.ndim
     sel[axis] = slice(a, b)
-    x = np.moveaxis(np.asarray(arr[tuple(sel)]), axis, 0).reshape(b - a, -1)
-    return ~np.isfinite(x).all(axis=1)
+    x = np.moveaxis(np.asarray(arr[tuple(sel)]), axis, 0)
+    ok = np.isfinite(x)
+    if valid is not None:  # a masked variable holds NaN where it is invalid, by design
+        ok |= ~np.broadcast_to(valid, x.shape[1:])
+    return ~ok.reshape(b - a, -1).all(axis=1)
+
+
+def valid_of(path: str, var: str) -> np.ndarray | None:
+    """The store's ``valid_<var>`` mask (boolean over the field dims), or ``None`` when it has none."""
+    import zarr
+
+    try:
+        return np.asarray(zarr.open_array(path, path=f"valid_{var}", mode="r")[...]) != 0
+    except Exception:  # no mask array: every point is valid
+        return None
 
 
 def _scan_members(path: str, var: str, axis: int, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
@@ -39,15 +53,16 @@ def _scan_members(path: str, var: str, axis: int, ranges: Sequence[tuple[int, in
     import zarr
 
     arr = zarr.open_array(path, path=var, mode="r")
+    valid = valid_of(path, var)
     start, stop = ranges[0][0], ranges[-1][1]
     bad: list[tuple[int, int, str]] = []
     try:
-        masks = [(start, _nonfinite(arr, axis, start, stop))]
+        masks = [(start, _nonfinite(arr, axis, start, stop, valid))]
     except Exception:  # a truncated or garbled chunk: any codec (or I/O) error
         masks = []
         for a, b in ranges:
             try:
-                masks.append((a, _nonfinite(arr, axis, a, b)))
+                masks.append((a, _nonfinite(arr, axis, a, b, valid)))
             except Exception as exc:
                 bad.append((a, b, f"chunk cannot be decoded: {first_line(exc)}"))
     for first, mask in masks:
@@ -87,7 +102,8 @@ def unreadable_members(ens: Ensemble, variables: Sequence[str], flags: np.ndarra
     Every member chunk of each variable that holds a flagged member is read and decoded once, in tasks of
     about :data:`TASK_BYTES` on the active Dask scheduler (about 2 % of the evaluation's time). A chunk that
     cannot be decoded (truncated, garbled, unreadable file) marks its members; so does a non-finite value in
-    a member (a chunk file missing while its members are flagged complete reads as the fill value NaN).
+    a member at a valid point (a chunk file missing while its members are flagged complete reads as the fill
+    value NaN; a masked variable's NaN where its ``valid_<v>`` is 0 are expected).
     Variables with nothing unreadable are left out.
 
     Parameters

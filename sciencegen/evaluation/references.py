@@ -130,6 +130,7 @@ def build_reference(source: str, request: ReferenceRequest) -> Side:
     ref = build(request) if build is not None else store_reference(source, request)
     if ref.count < 2:
         raise EvaluateError(f"the reference ({ref.label}) has {ref.count} sample(s); need at least 2")
+    ref.request = request  # where the training data are (the memorisation check)
     return ref
 
 

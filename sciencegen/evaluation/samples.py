@@ -180,7 +180,7 @@ def select_variables(ens: Ensemble, want: Any, dataset_variables: Sequence[str],
             raise EvaluateError("samples.variables is empty; give at least one variable or null for all")
     missing = [v for v in variables if v not in ens.variables]
     if missing:
-        advice = "choose samples.variables" if want is not None else f"is it an ensemble of dataset {dataset_name}?"
+        advice = "choose samples.variables" if want is not None else _conflict(ens, dataset_name)
         raise EvaluateError(f"samples.path {ens.path} has no variable {', '.join(map(repr, missing))} (it has "
                             f"{', '.join(ens.variables)}); {advice}")
     members, n_complete = int(ens.complete.size), int(ens.complete.sum())
@@ -193,6 +193,17 @@ def select_variables(ens: Ensemble, want: Any, dataset_variables: Sequence[str],
         raise EvaluateError(f"samples.path {ens.path}: only 1 of its {members} members is complete; the ensemble "
                             "statistics need at least 2")
     return variables
+
+
+def _conflict(ens: Ensemble, dataset_name: Any) -> str:
+    """The advice when the given dataset's variables are not in the store: the dataset the store records."""
+    recorded = ens.identity.get("dataset")
+    if not isinstance(recorded, Mapping) or not recorded:
+        return f"is it an ensemble of dataset {dataset_name}?"
+    names = recorded.get("variables")
+    names = f" (variables {', '.join(map(str, [names] if isinstance(names, str) else names))})" if names else ""
+    return (f"it was generated from dataset {recorded.get('name')}{names}, not {dataset_name}: drop the dataset "
+            "options to evaluate it against the dataset it records")
 
 
 def _model_label(attr: Any, identity: Any) -> str | None:

@@ -25,6 +25,7 @@ from ..data.fields import DataError
 from ..errors import TrainError
 from ..models.build import build_model, is_oracle, load_model
 from ..models.meta import normalise
+from .masks import mask_only, with_masks
 from .plan import GenerateError
 
 __all__ = ["CONDITIONING_KEYS", "ModelInfo", "dataset_differences", "resolve_denoiser"]
@@ -53,6 +54,9 @@ class ModelInfo:
     holdout: float | None = None
     #: ``(p_mean, p_std)`` of the training noise levels ``ln sigma ~ N(p_mean, p_std²)`` (``None``: not trained)
     train_sigma: tuple[float, float] | None = None
+    #: the checkpoint's masks ``{variable: (valid points, {"source", "valid", "points"})}`` (``None``: no masks;
+    #: :mod:`sciencegen.generation.masks`): members are NaN at the invalid points
+    masks: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None
 
 
 def _file_digest(path: str | os.PathLike) -> str:
@@ -137,11 +141,11 @@ def resolve_denoiser(model_cfg: Any, dataset_cfg: Any, spec: Any, field_shape: t
     info.holdout = train.get("holdout")
     if train.get("p_mean") is not None and train.get("p_std") is not None:
         info.train_sigma = (float(train["p_mean"]), float(train["p_std"]))
-    if trained_cond is not None:
+    if trained_cond is not None and (conditioning is not None or not mask_only(trained_cond)):
         info.conditioning = {k: trained_cond.get(k) for k in CONDITIONING_KEYS}
         info.cond_mean = np.asarray(trained_cond["mean"], dtype=np.float64)
         info.cond_std = np.asarray(trained_cond["std"], dtype=np.float64)
-    return info
+    return with_masks(info, data, trained_cond, given=conditioning is not None)
 
 
 #: the keys of a conditioning that decide what the model's condition channels are
@@ -158,6 +162,8 @@ def _describe(cond: Mapping[str, Any] | None) -> str:
 def _check_conditioning(meta: Mapping[str, Any], conditioning: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The checkpoint's conditioning (C4), refused unless it is the dataset's (both ways: one of them none)."""
     trained = (meta.get("data") or {}).get("conditioning")
+    if conditioning is None and mask_only(trained):  # the mask channels the data stage added: the model's own
+        return dict(trained)
     # compared as JSON text in order: the order of the inputs and statics is the order of the channels
     a = json.dumps(normalise({k: trained.get(k) for k in CONDITIONING_KEYS})) if trained else None
     b = json.dumps(normalise({k: conditioning.get(k) for k in CONDITIONING_KEYS})) if conditioning else None

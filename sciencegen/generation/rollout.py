@@ -19,6 +19,7 @@ import torch
 
 from ..samplers.noise import condition_seed
 from .conditions import Cases
+from .masks import mask_members
 from .model import ModelInfo
 from .plan import GenerateError
 
@@ -31,11 +32,15 @@ def _channels(values: np.ndarray, ref: np.ndarray, lead: int) -> np.ndarray:
 
 
 def to_model(cond: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """Physical conditions ``[..., C_cond, *field]`` in the model's units (normalised; physical for the oracle)."""
+    """Physical conditions ``[..., C_cond, *field]`` in the model's units (normalised; physical for the oracle).
+
+    NaN (masked points of an input, e.g. a member fed back) become 0, as the training loader fills them.
+    """
     if info.cond_std is None:
         return cond
     lead = cond.ndim - 1 - len(info.field_shape)
-    return (cond - _channels(cond, info.cond_mean, lead)) / _channels(cond, info.cond_std, lead)
+    out = (cond - _channels(cond, info.cond_mean, lead)) / _channels(cond, info.cond_std, lead)
+    return np.where(np.isnan(out), 0.0, out) if np.isnan(out).any() else out
 
 
 def physical(x: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -68,7 +73,7 @@ def _draw(sampler: Callable[..., Any], model: Any, info: ModelInfo, cond: np.nda
         bad = int((~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)).sum())
         raise GenerateError(f"{where}: {bad} sample(s) are not finite; the model or the sampler diverged "
                             "(nothing of this chunk was written)")
-    return x.astype(np.float32), res
+    return mask_members(x, info).astype(np.float32), res
 
 
 def sample_condition(sampler: Callable[..., Any], model: Any, info: ModelInfo, cases: Cases, c: int, a: int, b: int,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,7 +33,7 @@ from ..errors import TrainError
 from .checkpoint import CheckpointError, load_checkpoint
 from .oracle import Oracle, exact_law
 from .precond import EDMPrecond
-from .unet import UNet, unet_preset
+from .unet import UNet, grid_padding, unet_preset
 
 __all__ = [
     "TARGET_ALIASES",
@@ -198,8 +199,8 @@ def resolve_model_config(model_cfg: Mapping[str, Any] | Any, *, channels: int, f
     Raises
     ------
     TrainError
-        Channel mismatch, conditions the model cannot take, a grid the U-Net cannot down-sample, an unknown preset
-        or U-Net argument, a field that is not 2-D for a 2-D model.
+        Channel mismatch, conditions the model cannot take, an unknown preset or U-Net argument, a field that is
+        not 2-D for a 2-D model.  (Any grid size is fine: the U-Net pads it inside, which is logged.)
     """
     conf = {k: v for k, v in _plain(model_cfg).items() if k not in USE_KEYS}
     if "_target_" in conf:
@@ -244,7 +245,7 @@ def _resolve_channels(conf: dict[str, Any], channels: int, cond_channels: int = 
 
 
 def _resolve_unet(conf: dict[str, Any], field_dims: list[str], field_shape: list[int]) -> None:
-    """Expand a U-Net config's preset into explicit arguments; check the grid against its down-sampling."""
+    """Expand a U-Net config's preset into explicit arguments; log how the grid is padded inside the network."""
     name = conf.get("name", "model")
     grid = "x".join(str(n) for n in field_shape)
     if len(field_shape) != 2:
@@ -265,14 +266,22 @@ def _resolve_unet(conf: dict[str, Any], field_dims: list[str], field_shape: list
     for k in UNET_KEYS:
         v = kw.get(k, defaults.get(k))
         conf[k] = list(v) if isinstance(v, tuple) else v
-    levels = len(conf["channel_mult"])
-    factor = 2 ** (levels - 1)
-    bad = [f"{d}={n}" for d, n in zip(field_dims, field_shape, strict=True) if n % factor]
-    if bad:
-        raise TrainError(
-            f"grid {grid} ({', '.join(field_dims)}) is not divisible by {factor}, the down-sampling factor of "
-            f"model.preset={conf['preset']} (channel_mult {conf['channel_mult']}: {levels - 1} halving(s)); "
-            f"{', '.join(bad)} -- use a grid divisible by {factor} or fewer levels (model.channel_mult)")
+    _log_padding(field_dims, field_shape, 2 ** (len(conf["channel_mult"]) - 1), conf.get("periodic"))
+
+
+def _log_padding(field_dims: list[str], field_shape: list[int], factor: int, periodic: Sequence[bool] | None) -> None:
+    """Say once, when the model is resolved, that the grid is padded inside the U-Net (and how, and what it costs)."""
+    pads = grid_padding(field_shape, factor)
+    if not any(a or b for a, b in pads):
+        return
+    flags = [True] * len(field_dims) if periodic is None else [bool(p) for p in periodic]
+    padded = [n + a + b for n, (a, b) in zip(field_shape, pads, strict=True)]
+    how = ", ".join(f"{'circular' if per else 'replicate'} in {d}"
+                    for d, per, (a, b) in zip(field_dims, flags, pads, strict=True) if a or b)
+    extra = math.prod(padded) / math.prod(field_shape) - 1
+    log.info("grid %s padded to %s inside the U-Net (%s; %d halving(s) need multiples of %d): %.0f%% more grid "
+             "points per step", "x".join(map(str, field_shape)), "x".join(map(str, padded)), how,
+             factor.bit_length() - 1, factor, 100 * extra)
 
 
 # ------------------------------------------------------------------------------------------- building, loading

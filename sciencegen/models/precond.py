@@ -199,8 +199,8 @@ class EDMPrecond(nn.Module):
 
 
 def denoising_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, sigma: torch.Tensor,
-                   noise: torch.Tensor, cond: torch.Tensor | None = None, sigma_data: float | None = None
-                   ) -> torch.Tensor:
+                   noise: torch.Tensor, cond: torch.Tensor | None = None, sigma_data: float | None = None,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item EDM loss ``λ(σ) · mean((D(x0 + σ n, σ) − x0)²)`` (Karras et al. 2022, eq. (2), (8)).
 
     Parameters
@@ -217,18 +217,30 @@ def denoising_loss(model: Callable[..., torch.Tensor], x0: torch.Tensor, sigma: 
         Optional conditioning passed to the model.
     sigma_data
         For the weight; ``model.sigma_data`` when ``None`` (1.0 if the model has none).
+    valid
+        Boolean (or 0/1) tensor broadcastable to ``x0``: the points that hold data (a land-sea mask, missing
+        values). ``None`` (default): every point, the plain mean. Otherwise ``x0`` is taken as 0 at the invalid
+        points (whatever they hold, NaN included, never reaches the model) and the squared error is averaged over
+        the valid points of each item only (0 for an item without any).
 
     Returns
     -------
     torch.Tensor
-        ``[B]`` weighted losses, mean over the non-batch dimensions; average them
+        ``[B]`` weighted losses, mean over the non-batch dimensions (the valid points); average them
         (``.mean()``) for the training objective.
     """
     if noise.shape != x0.shape:
         raise ValueError(f"noise must be shaped like x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
     sd = float(getattr(model, "sigma_data", 1.0)) if sigma_data is None else float(sigma_data)
     s = _per_item(sigma, x0).to(x0.dtype)
+    keep = None if valid is None else torch.broadcast_to(valid.to(device=x0.device, dtype=torch.bool), x0.shape)
+    if keep is not None:
+        x0 = torch.where(keep, x0, torch.zeros((), dtype=x0.dtype, device=x0.device))
     x = x0 + _bcast(s, x0) * noise
     d = model(x, s) if cond is None else model(x, s, cond)
-    err = (d - x0).pow(2).reshape(x0.shape[0], -1).mean(1)
+    if keep is None:
+        err = (d - x0).pow(2).reshape(x0.shape[0], -1).mean(1)
+    else:
+        sq = torch.where(keep, (d - x0).pow(2), torch.zeros((), dtype=d.dtype, device=d.device))
+        err = sq.reshape(x0.shape[0], -1).sum(1) / keep.reshape(x0.shape[0], -1).sum(1).clamp_min(1).to(sq.dtype)
     return edm_loss_weight(s, sd) * err

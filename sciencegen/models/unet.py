@@ -11,6 +11,16 @@ same padding, up-sampling is nearest-neighbour followed by a convolution, and
 GroupNorm and self-attention are global over the field.  Along a periodic
 dimension the network is therefore exactly equivariant to circular shifts by
 any multiple of the total down-sampling factor ``2 ** (len(channel_mult) - 1)``.
+
+Any grid: a field whose size along a dim is not a multiple of that factor is padded once, at the input, to
+the next multiple (:func:`grid_padding`, :func:`pad_grid`; the condition channels alike) and the output is
+cropped back (:func:`crop_grid`): by the periodic continuation along periodic dims, by replicating the edge
+values along the others.  Grids that are multiples take no padding path (the same numbers as without it).
+What stays exact: equivariance along every periodic dim whose size is a multiple of the factor (padding
+another dim commutes with those shifts).  Along a periodic dim that is padded it does not: the padded field
+is the periodic continuation of the data, but the network's circular convolutions wrap it with the period
+of the padded size, which leaves one seam in the halo (between the last padded cell after the data and the
+first one before it), and a shift moves the data relative to that seam.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNET_PRESETS", "UNet", "pad_field", "unet_preset"]
+__all__ = ["UNET_PRESETS", "UNet", "crop_grid", "grid_padding", "pad_field", "pad_grid", "unet_preset"]
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect"}
 _SKIP_SCALE = 1.0 / math.sqrt(2.0)
@@ -81,6 +91,80 @@ def pad_field(x: torch.Tensor, pad: int, periodic: tuple[bool, bool], mode: str 
     # one dimension at a time (the two one-dimensional paddings commute)
     x = F.pad(x, (pad, pad, 0, 0), mode="circular" if px else m)
     return F.pad(x, (0, 0, pad, pad), mode="circular" if py else m)
+
+
+def grid_padding(shape: Sequence[int], factor: int) -> tuple[tuple[int, int], ...]:
+    """Cells ``(before, after)`` per dim that bring each size of ``shape`` up to the next multiple of ``factor``.
+
+    The extra cells are split evenly, the odd one after: 73 with factor 8 gives ``(3, 4)`` (80 in all), a
+    multiple gives ``(0, 0)``.
+
+    Parameters
+    ----------
+    shape
+        Sizes of the field dims.
+    factor
+        The total down-sampling factor (``2 ** (levels - 1)``).
+
+    Returns
+    -------
+    tuple of (int, int)
+        One ``(before, after)`` pair per dim of ``shape``.
+    """
+    pads = []
+    for n in shape:
+        extra = -int(n) % int(factor)
+        pads.append((extra // 2, extra - extra // 2))
+    return tuple(pads)
+
+
+def pad_grid(x: torch.Tensor, pads: Sequence[tuple[int, int]], periodic: Sequence[bool]) -> torch.Tensor:
+    """Pad the last ``len(pads)`` dims of ``x``: the periodic continuation where periodic, the edge value elsewhere.
+
+    Along a periodic dim of size ``n`` the padded tensor is ``x[..., (i - before) mod n]`` for
+    ``i = 0 .. before + n + after - 1`` (any amount, also more than ``n``); along the others the first and
+    last values are repeated (replicate padding).  Built from concatenations and slices only, so the
+    backward pass is deterministic on every device.
+
+    Parameters
+    ----------
+    x
+        ``[..., *field]``.
+    pads
+        ``(before, after)`` per field dim (:func:`grid_padding`).
+    periodic
+        Per field dim.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., *padded field]``.
+    """
+    nd = len(pads)
+    for i, ((a, b), per) in enumerate(zip(pads, periodic, strict=True)):
+        if not (a or b):
+            continue
+        dim = x.ndim - nd + i
+        n = x.shape[dim]
+        if per:
+            start = -a % n
+            copies = -(-(start + a + n + b) // n)
+            x = torch.cat([x] * copies, dim=dim).narrow(dim, start, a + n + b)
+        else:
+            shape_a, shape_b = list(x.shape), list(x.shape)
+            shape_a[dim], shape_b[dim] = a, b
+            x = torch.cat([x.narrow(dim, 0, 1).expand(shape_a), x, x.narrow(dim, n - 1, 1).expand(shape_b)], dim=dim)
+    return x
+
+
+def crop_grid(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Undo :func:`pad_grid`: drop ``(before, after)`` cells of each of the last ``len(pads)`` dims of ``x``."""
+    nd = len(pads)
+    for i, (a, b) in enumerate(pads):
+        if a or b:
+            dim = x.ndim - nd + i
+            x = x.narrow(dim, a, x.shape[dim] - a - b)
+    return x
 
 
 class _CircularPad(torch.autograd.Function):
@@ -251,7 +335,8 @@ class UNet(nn.Module):
         Base width; level ``i`` has ``channels * channel_mult[i]`` channels.
     channel_mult
         Width multipliers per resolution level; ``len(channel_mult) - 1`` halvings
-        of the resolution, so H and W must be divisible by ``2 ** (len(channel_mult) - 1)``.
+        of the resolution.  H and W may be any size: a size that is not a multiple of
+        ``2 ** (len(channel_mult) - 1)`` is padded inside the network and cropped back (module docstring).
     blocks_per_level
         Residual blocks per level in the encoder (the decoder has one more).
     attention_levels
@@ -364,10 +449,7 @@ class UNet(nn.Module):
         if c != self.in_channels:
             raise ValueError(f"UNet was built for {self.in_channels} input channel(s), got x with {c} "
                              f"(shape {tuple(x.shape)})")
-        if h % self.factor or w % self.factor:
-            raise ValueError(f"UNet with {len(self.channel_mult)} levels needs H and W divisible by {self.factor}, "
-                             f"got H={h}, W={w}")
-        coarse = (h // self.factor, w // self.factor)
+        coarse = (-(-h // self.factor), -(-w // self.factor))  # of the padded grid
         if self.padding_mode_nonperiodic == "reflect" and any(
                 n < 2 and not p for n, p in zip(coarse, self.periodic, strict=True)):
             raise ValueError(f"reflect padding needs the coarsest grid to be at least 2 per non-periodic dim, "
@@ -396,7 +478,8 @@ class UNet(nn.Module):
         Parameters
         ----------
         x
-            ``[B, in_channels, H, W]``; H and W divisible by ``2 ** (len(channel_mult) - 1)``.
+            ``[B, in_channels, H, W]``, any H and W (padded inside to multiples of ``2 ** (len(channel_mult) - 1)``
+            when they are not, see :func:`pad_grid`).
         c_noise
             ``[B]`` noise labels (``ln(σ)/4`` under EDM preconditioning), or a scalar.
         cond
@@ -408,6 +491,15 @@ class UNet(nn.Module):
             ``[B, out_channels, H, W]``.
         """
         c_noise = self._check(x, c_noise, cond)
+        pads = grid_padding(x.shape[-2:], self.factor)
+        if any(a or b for a, b in pads):
+            x = pad_grid(x, pads, self.periodic)
+            cond = None if cond is None else pad_grid(cond, pads, self.periodic)
+            return crop_grid(self._network(x, c_noise, cond), pads)
+        return self._network(x, c_noise, cond)
+
+    def _network(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The layers on a grid whose sizes are multiples of :attr:`factor` (``c_noise`` checked, ``[B]``)."""
         emb = self.embed(c_noise)
         h = x if cond is None else torch.cat([x, cond.to(x.dtype)], dim=1)
         h = self.conv_in(h)
@@ -477,7 +569,8 @@ def unet_preset(name: str, **overrides: Any) -> dict[str, Any]:
     of a batch of 64 fields of 32² on one CPU thread: about 0.85 s (tiny) and
     3.1 s (small) on a shared 2-core machine.
 
-    Fields must be divisible by 2 (tiny), 4 (small) or 8 (base, large).
+    Grids that are not multiples of 2 (tiny), 4 (small) or 8 (base, large) are padded inside the network
+    to the next multiple and cropped back (:func:`grid_padding`).
 
     Parameters
     ----------

@@ -13,13 +13,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..data.prepare import dataset_config, make_source
+from ..data.prepare import make_source
 from ..errors import Interrupted
 from ..evaluation import EvaluateError, open_ensemble, outputs
 from ..evaluation.cond_store import is_conditional
 from ..evaluation.conditional_run import evaluate_conditional
 from ..evaluation.metrics import compute, field_units, panels, scheduler, variable_metrics
-from ..evaluation.options import Options, read_options
+from ..evaluation.options import Options, evaluation_dataset, read_options
 from ..evaluation.readable import readable_members
 from ..evaluation.references import ReferenceRequest, build_reference, check_grid, dataset_hint
 from ..evaluation.report import build_result, format_summary, start_line
@@ -72,7 +72,10 @@ def run_evaluate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
 def _evaluate(cfg: Any, o: Options, t0: float) -> dict[str, Any]:
     """The evaluation proper (after ``output.dir`` was checked): samples, reference, metrics, outputs."""
     ens = open_ensemble(o.store)
-    dataset = dataset_config(cfg["dataset"])
+    dataset, origin = evaluation_dataset(cfg, ens.identity.get("dataset"))
+    if origin == "store":
+        log.info("dataset %s: as recorded in %s (give dataset options to evaluate against another)",
+                 dataset.get("name"), o.store)
     if is_conditional(ens.ds):  # the truth is in the store: scores per condition and lead time, with baselines
         return evaluate_conditional(dataset, o, ens, t0)
     source = make_source(dataset)

@@ -41,6 +41,7 @@ from ..data.ensemble import (
     template,
     write_chunk,
 )
+from ..data.metadata import field_coords
 from ..data.prepare import dataset_config, dataset_identity, human_bytes, make_source, prepare
 from ..data.store import store_bytes
 from ..errors import Interrupted, SciencegenError, os_error_line, stop_requests
@@ -53,6 +54,7 @@ from ..generation.conditions import (
     layout_dict,
     lead_attrs,
 )
+from ..generation.masks import ensemble_masks, mask_members
 from ..generation.model import ModelInfo, dataset_differences, resolve_denoiser
 from ..generation.observe import ObservedCases, ObserveOptions, observed_cases, parse_observe
 from ..generation.plan import (
@@ -64,6 +66,7 @@ from ..generation.plan import (
     shard_chunks,
     store_attrs,
 )
+from ..generation.progress import Progress, Tracked
 from ..generation.rollout import StaticConditioned, sample_condition, to_model
 from ..ranks import Ranks, pick_device
 
@@ -297,14 +300,14 @@ def _setup(cfg: Any, job: _Job, dist: Ranks) -> tuple[ModelInfo, dict[str, Any],
     identity = {"dataset": dataset_identity(dataset), "model": info.identity, "sampler": job.identity_sampler,
                 "seed": job.seed, "members": job.members, "dtype": str(job.dtype).replace("torch.", ""),
                 "variables": list(info.variables), "field_dims": list(info.field_dims)}
-    coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
+    coords = field_coords(ds, spec.field_dims)  # and the scalar ones (a level), without stale attributes
     var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
                  for v in info.variables}
 
     def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
         attrs = store_attrs(identity, info, cfg, job.resolved, __version__)
         return template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
-                        coords=coords, var_attrs=var_attrs, attrs=attrs)
+                        coords=coords, var_attrs=var_attrs, attrs=attrs, masks=ensemble_masks(info))
 
     return info, identity, make_template, label, None
 
@@ -328,7 +331,7 @@ def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any]
                 "variables": list(info.variables), "field_dims": list(info.field_dims),
                 "conditioning": cases.identity()}
     ds = prepared.ds
-    coords = {d: (d, np.asarray(ds[d].values), dict(ds[d].attrs)) for d in spec.field_dims if d in ds.coords}
+    coords = field_coords(ds, spec.field_dims)  # and the scalar ones (a level), without stale attributes
     var_attrs = {v: {k: a for k, a in ds[v].attrs.items() if isinstance(a, (str, int, float))}
                  for v in info.variables}
     axis = cases.axis(lead_attrs(ds, cases.layout.state))
@@ -336,7 +339,8 @@ def _setup_conditional(cfg: Any, job: _Job, dist: Ranks, dataset: dict[str, Any]
     def make_template(meta: dict[str, Any], chunk: int) -> xr.Dataset:
         attrs = store_attrs(identity, info, cfg, job.resolved, __version__)
         made = template(meta, info.variables, info.field_dims, info.field_shape, job.members, chunk,
-                        coords=coords, var_attrs=var_attrs, attrs=attrs, conditions=axis)
+                        coords=coords, var_attrs=var_attrs, attrs=attrs, conditions=axis,
+                        masks=ensemble_masks(info))
         return cases.extend(made) if isinstance(cases, ObservedCases) else made
 
     return info, identity, make_template, label, cases
@@ -431,6 +435,7 @@ def _sample_chunk(job: _Job, info: ModelInfo, model: Any, a: int, b: int, batch:
         bad = int((~np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)).sum())
         raise GenerateError(f"members {a}..{b - 1}: {bad} sample(s) are not finite; the model or the "
                             "sampler diverged (nothing of this chunk was written)")
+    x = mask_members(x, info)  # NaN at the invalid points of masked data
     return {v: np.ascontiguousarray(x[:, i], dtype=np.float32) for i, v in enumerate(info.variables)}, res
 
 
@@ -464,11 +469,10 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
 
     A stop request (SIGINT / SIGTERM) ends the loop after the chunk in flight has been written.
     """
-    bar = None
-    if bool(gen["progress"]) and dist.rank == 0 and run.todo_members:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=run.todo_members, desc="members", unit="member", dynamic_ncols=True)
+    progress = None  # per sampler round: a bar (generate.progress) or log lines, and the estimate of the run
+    if dist.rank == 0 and run.todo_members:
+        progress = Progress(run.todo_members, job.members, job.device, bar=bool(gen["progress"]))
+        job = dataclasses.replace(job, sampler=Tracked(job.sampler, progress))
     client = _client(gen.get("dask")) if writer and plan.todo else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="zarr-writer") if writer and client is None else None
     pending: Future | Any | None = None
@@ -478,7 +482,9 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
             if dist.agree(int(bool(stop))):  # any rank stopped: all stop at the same chunk
                 run.stopped = stop.signal or "a signal on another rank"
                 break
-            _, a, b = units[k]
+            c, a, b = units[k]
+            if progress is not None:
+                progress.begin(b - a, draws=(job.lead_times or 1) if c is not None else 1)
             fields_, rpm, npm, rounds, extra = _sample_unit(job, info, model, cases, units[k], run.batch, cache)
             if writer:
                 if pending is not None:
@@ -489,16 +495,15 @@ def _sample_chunks(job: _Job, plan: Plan, info: ModelInfo, model: Any, run: _Run
             run.rounds += rounds
             run.nfe_sum += float(npm.sum())
             run.done += b - a
-            if bar is not None:
-                bar.set_postfix(rounds=rounds, nfe=f"{npm.mean():.0f}", refresh=False)
-                bar.update(b - a)
+            if progress is not None:
+                progress.end(rounds, float(npm.mean()))
         if pending is not None:
             run.written += pending.result()
             run.chunks_written += 1
             pending = None
     finally:
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
         if pending is not None:  # an error while sampling: let the last chunk land (it is complete)
             with contextlib.suppress(Exception):
                 pending.result()
@@ -517,7 +522,8 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
 
         if run.chunks_written or plan.created or (plan.todo and plan.lock is not None):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                # consolidated metadata is a zarr v3 extension that xarray reads: silence that warning only
+                warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", UserWarning)
                 zarr.consolidate_metadata(str(plan.path))
         complete = int(completed_members(plan.path, plan.shape).sum())
     if run.stopped:
@@ -543,7 +549,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
              f"{s['skipped']} already written; shard {s['shard']})"]
     if s["done"]:
         lines.append(f"  rounds {s['rounds']} (sequential denoiser calls, all batches), NFE {s['nfe']:.0f} per member, "
-                     f"{s['done'] / max(s['seconds'], 1e-9):.2f} members/s")
+                     f"{s['done'] / max(s['seconds'], 1e-9):.2f} members/s ({s['seconds'] / s['done']:.3g} s/member)")
     if s["path"]:
         shape = f" ({s['conditions']} conditions × {s['members']} members)" if s.get("conditions") else ""
         lines.append(f"  store {s['path']}: {s['complete']}/{s.get('total', s['members'])} members complete{shape}, "

@@ -42,15 +42,21 @@ class SampleResult:
 
 
 class _Ticker:
-    """Progress callback: advances a bar by members x newly accepted steps."""
+    """The walk's progress hook (called with the steps every member of the batch has accepted, after each round of
+    a Picard walk, each step of a sequential one): advances a bar by members x newly accepted steps, and gives a
+    callback the members done so far in this call, fractional (``before`` + the batch's members x k / steps)."""
 
-    def __init__(self, bar: Any, members: int):
+    def __init__(self, bar: Any, members: int, report: Callable[[float], None] | None = None, before: int = 0,
+                 steps: int = 1):
         self.bar, self.members, self.done = bar, members, 0
+        self.report, self.before, self.steps = report, before, max(int(steps), 1)
 
     def __call__(self, k: int) -> None:
         if self.bar is not None:
             self.bar.update((k - self.done) * self.members)
             self.done = k
+        if self.report is not None:
+            self.report(self.before + self.members * k / self.steps)
 
 
 def sampler_table(sampler: str, steps: int, **options: Any):
@@ -139,7 +145,7 @@ def sample(
     first_member: int = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    progress: bool = False,
+    progress: bool | Callable[[float], None] = False,
     cond: torch.Tensor | None = None,
     **sampler_options: Any,
 ) -> SampleResult:
@@ -170,7 +176,10 @@ def sample(
     device, dtype
         Where and in which precision to sample.
     progress
-        Show a progress bar.
+        ``True``: show a progress bar (member-steps). A callable: called after every round of a Picard sampler
+        (every step of a sequential one) with the members done so far in this call, a float that counts each
+        batch's members times the fraction of its steps that all of them have accepted (it ends at
+        ``members``). The samples do not depend on it.
     cond
         Conditions (in the denoiser's units): ``[C_cond, *grid]``, one for every member, or
         ``[members, C_cond, *grid]``, one per member (``grid`` = ``shape[1:]``). Every sampler passes each
@@ -240,8 +249,8 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
         cond = cond.to(device=device, dtype=dtype)
     bs = int(batch_size or members)
     outs, runs = [], []
-    bar = None
-    if progress:
+    bar, report = None, progress if callable(progress) else None
+    if progress and report is None:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=members * table.steps, desc=sampler, unit="step", leave=False)
@@ -249,7 +258,7 @@ def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_me
     for lo in range(0, members, bs):
         ids = list(range(first_member + lo, first_member + min(lo + bs, members)))
         x = float(table.sigma[0]) * _noise.normal(seed, ids, 0, shape, tag=_noise.INIT, dtype=dtype, device=device)
-        y, st = _walk(denoiser, cfg, table, ends, x, ids, seed, _Ticker(bar, len(ids)),
+        y, st = _walk(denoiser, cfg, table, ends, x, ids, seed, _Ticker(bar, len(ids), report, lo, table.steps),
                       _batch_conditions(cond, per_member, lo, lo + len(ids)))
         outs.append(y)
         runs.append(st)
@@ -330,6 +339,8 @@ class Sampler:
     -----
     A sampler of your own plugs into ``sciencegen-generate`` the same way: a class with ``name``, ``steps``,
     ``options``, ``resolved`` and this ``__call__``, named by ``_target_`` in a ``conf/sampler/NAME.yaml``.
+    ``sciencegen-generate`` passes ``progress`` a callable (members done, after each round, as :func:`sample`);
+    a sampler that ignores it still works, its progress then moves once per chunk.
 
     Raises
     ------

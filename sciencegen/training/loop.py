@@ -36,11 +36,12 @@ from ..models import denoising_loss
 from ..models.build import build_model, canonical_target
 from ..models.checkpoint import CheckpointError, check_compatible, list_checkpoints, load_checkpoint, save_checkpoint
 from .distributed import Distributed
-from .metrics import LossWindow, MetricsWriter
+from .metrics import LossWindow, MetricsWriter, gap_line, loss_ratio
+from .options import store_batch
 from .schedule import EMA, ema_beta, lr_factor, per_rank_batch, schedule_progress, train_noise
 from .setup import data_info, first_batch, open_streams, prepare_data, split_batch, training_meta
 from .state import FAULT, SIGNAL_CODE, SIGNAL_NAME, check_run_dir, fault_error, rng_state, set_rng_state
-from .validation import FigureSpec, sample_figure, validation_losses
+from .validation import FigureSpec, figure_axes, sample_figure, validation_losses
 
 __all__ = ["Trainer"]
 
@@ -85,6 +86,8 @@ class Trainer:
         """Data, model, EMA, optimizer, DDP wrapper and streams."""
         o = self.o
         self.prepared = prepare_data(self.cfg, self.d, bool(o["progress"]))
+        o["batch_size"], self.train_samples = store_batch(o, self.prepared, self.d.world, self.d.main)
+        self.local_batch = per_rank_batch(o["batch_size"], self.d.world)  # few samples: a smaller batch (fit_batch)
         self.info = data_info(self.prepared, self.dataset_cfg)
         self.field_shape, self.channels = self.info.field_shape, self.info.channels
         self.meta = training_meta(self.cfg, self.prepared, self.info, self.dataset_cfg, o)
@@ -210,7 +213,9 @@ class Trainer:
                                    p_mean=float(o["p_mean"]), p_std=float(o["p_std"]), device=self.device)
         self.fwd.train()
         with self._autocast():
-            loss = denoising_loss(self.fwd, x0, sigma, noise, cond=cond, sigma_data=self.sigma_data).mean()
+            valid = torch.isfinite(x0) if self.info.masked else None  # masked data: the loss ignores NaN points
+            loss = denoising_loss(self.fwd, x0, sigma, noise, cond=cond, sigma_data=self.sigma_data,
+                                  valid=valid).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.params, o["grad_clip"]) if o["grad_clip"] > 0 else None
@@ -256,7 +261,8 @@ class Trainer:
             return FigureSpec((self.channels, *self.field_shape), self.info.mean, self.info.std, 0,
                               o["figure_sampler"], o["figure_steps"], o["seed"])  # no condition: no figure
         return FigureSpec((self.channels, *self.field_shape), self.info.mean, self.info.std, o["figure_members"],
-                          o["figure_sampler"], o["figure_steps"], o["seed"], data, label, self.info.target, cond)
+                          o["figure_sampler"], o["figure_steps"], o["seed"], data, label, self.info.target, cond,
+                          figure_axes(self.prepared))
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
@@ -341,12 +347,16 @@ class Trainer:
             bar.close()
         last_loss, last_val, sps = self._last["loss"], self._last["val"], self._last["sps"]
         summary = self._summary(start_step, last_loss, last_val, sps, resumed)
-        summary.update(trained=True, stopped=stopped)
+        val_raw, row_loss = self._last.get("val_raw"), self._last.get("row_loss")
+        summary.update(trained=True, stopped=stopped, val_loss_raw=val_raw, val_ratio=loss_ratio(val_raw, row_loss),
+                       gap=gap_line(val_raw, row_loss, self.train_samples))
         if d.main:
             val = f", val {last_val:.4g}" if last_val is not None else ""
             log.info("sciencegen-train: %d steps this run (step %d, epoch %d, %.2f min in all, stopped by %s), "
                      "%.0f samples/s; loss %.4g%s; checkpoint %s", self.step - start_step, self.step, self.epoch,
                      self.minutes, stopped, sps or 0, last_loss, val, self.checkpoint)
+            if summary.get("gap"):
+                log.info("sciencegen-train: %s", summary["gap"])
         return summary
 
     def _local_minutes(self) -> float:
@@ -405,8 +415,9 @@ class Trainer:
         try:
             if (o["val_every"] and self.step % o["val_every"] == 0) or stopped:
                 row["val_loss"], row["val_loss_raw"] = self._validate()
+                row["val_ratio"] = loss_ratio(row["val_loss_raw"], mean_loss)  # ~1 unless over-fitting
                 if row["val_loss"] is not None:
-                    self._last["val"] = row["val_loss"]
+                    self._last.update(val=row["val_loss"], val_raw=row["val_loss_raw"], row_loss=mean_loss)
             if o["figure_members"] and ((o["figure_every"] and self.step % o["figure_every"] == 0) or stopped):
                 row["spec_err"] = self._figure()
             assert metrics is not None

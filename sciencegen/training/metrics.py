@@ -1,4 +1,8 @@
-"""``RUN/metrics.csv`` (and TensorBoard scalars): one row per log step, appended on resume.
+"""``RUN/metrics.csv`` (and TensorBoard scalars): one row per log step, appended on resume; the loss gap.
+
+Column ``val_ratio`` is the raw model's validation loss over its training loss of the same row
+(:func:`loss_ratio`): about 1 while the model generalises, well above 1 when it over-fits (few samples);
+:func:`gap_line` is what the end of a run says about it.
 
 Rows written after the checkpoint a run resumes from are dropped first (atomically), so a resumed run
 continues one curve. TensorBoard is an optional extra (``pip install sciencegen[tensorboard]``): with
@@ -20,13 +24,46 @@ from typing import Any
 
 import torch
 
-__all__ = ["CSV_COLUMNS", "LossWindow", "MetricsWriter", "tensorboard_writer"]
+from ..data.split_size import FEW_SAMPLES
+
+__all__ = ["CSV_COLUMNS", "OVERFIT_RATIO", "LossWindow", "MetricsWriter", "gap_line", "loss_ratio",
+           "tensorboard_writer"]
 
 log = logging.getLogger(__name__)
 
 #: columns of ``RUN/metrics.csv``
 CSV_COLUMNS = ("step", "epoch", "samples", "minutes", "lr", "loss", "grad_norm", "samples_per_s", "val_loss",
-               "val_loss_raw", "spec_err")
+               "val_loss_raw", "spec_err", "val_ratio")
+#: a validation loss this many times the training loss (raw weights, same row) is reported as over-fitting
+OVERFIT_RATIO = 1.5
+
+
+def loss_ratio(val_loss_raw: float | None, loss: float | None) -> float | None:
+    """``val_loss_raw / loss`` (the raw weights on held-out over training data), or ``None`` without both."""
+    if val_loss_raw is None or loss is None or not loss > 0 or not math.isfinite(val_loss_raw):
+        return None
+    return float(val_loss_raw) / float(loss)
+
+
+def gap_line(val_loss_raw: float | None, loss: float | None, train_samples: int | None = None,
+             few: int = FEW_SAMPLES) -> str | None:
+    """``"validation loss 0.76 vs training 0.15: over-fitting (few samples: 36)"``; ``None`` without validation.
+
+    Parameters
+    ----------
+    val_loss_raw, loss
+        The raw model's last validation loss and the training loss of the same metrics row.
+    train_samples
+        Samples of the training split (named when fewer than ``few``).
+    few
+        What counts as few samples.
+    """
+    ratio = loss_ratio(val_loss_raw, loss)
+    if ratio is None:
+        return None
+    verdict = "over-fitting" if ratio >= OVERFIT_RATIO else "no sign of over-fitting"
+    small = f" (few samples: {train_samples})" if train_samples is not None and train_samples < few else ""
+    return f"validation loss {val_loss_raw:.3g} vs training {loss:.3g} (x{ratio:.2f}): {verdict}{small}"
 
 
 def tensorboard_writer(log_dir: Path, purge_step: int) -> Any:
@@ -78,13 +115,16 @@ class MetricsWriter:
         if not rows:
             return
         header, body = rows[0], rows[1:]
+        older = len(header) < len(CSV_COLUMNS) and tuple(header) == CSV_COLUMNS[: len(header)]
+        if older:  # written before the last columns were added: the same curve, padded
+            header, body = list(CSV_COLUMNS), [r + [""] * (len(CSV_COLUMNS) - len(r)) for r in body]
         if tuple(header) != CSV_COLUMNS:
             backup = self.path.with_name(f"metrics.{int(time.time())}.csv")
             os.replace(self.path, backup)
             warnings.warn(f"{self.path} had other columns; moved to {backup}", stacklevel=3)
             return
         keep = [r for r in body if len(r) == len(CSV_COLUMNS) and _int(r[0]) is not None and _int(r[0]) <= step]
-        if len(keep) == len(body):
+        if len(keep) == len(body) and not older:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:

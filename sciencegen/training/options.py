@@ -7,6 +7,7 @@ lacks a key (not composed from the shipped configs) is refused with one line nam
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import fields
@@ -16,7 +17,10 @@ from typing import Any
 from ..config import EMAConfig, TrainConfig, plain
 from ..errors import TrainError
 
-__all__ = ["PRECISIONS", "SCHEDULES", "TRAIN_KEYS", "data_root", "resolve_run_dir", "train_options"]
+__all__ = ["PRECISIONS", "SCHEDULES", "TRAIN_KEYS", "data_root", "fit_batch", "resolve_run_dir", "store_batch",
+           "train_options"]
+
+log = logging.getLogger(__name__)
 
 #: values of ``train.precision`` and ``train.schedule``
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -101,6 +105,8 @@ def _check_numbers(o: dict[str, Any]) -> None:
         raise TrainError(f"train.p_mean must be a finite number, got {o['p_mean']!r}")
     if not 0.0 <= float(o["holdout"]) < 1.0:
         raise TrainError(f"train.holdout must be in [0, 1), got {o['holdout']!r}")
+    if not isinstance(o["adapt_batch"], bool):
+        raise TrainError(f"train.adapt_batch must be true or false, got {o['adapt_batch']!r}")
 
 
 def _check_choices(o: dict[str, Any]) -> None:
@@ -121,6 +127,80 @@ def _check_choices(o: dict[str, Any]) -> None:
         raise TrainError(f"train.ema: missing key(s) {missing}: compose the shipped config (conf/train.yaml)")
     if ema["decay"] is not None and not 0.0 <= float(ema["decay"]) < 1.0:
         raise TrainError(f"train.ema.decay must be in [0, 1) (or null to use the half-life), got {ema['decay']!r}")
+
+
+def fit_batch(opts: dict[str, Any], train_samples: int, world_size: int, dataset: str, log_it: bool = True) -> int:
+    """The global batch for a training split of ``train_samples``: ``train.batch_size``, or a smaller one.
+
+    A batch is kept when every rank gets at least two batches per epoch. Otherwise, with ``train.adapt_batch``
+    (the default), the batch becomes the largest power of two per rank that gives two (times the ranks), and one
+    line says so; without, a batch larger than the split is an error naming what to set (one that fits once
+    trains one step per epoch, with a warning).
+
+    Parameters
+    ----------
+    opts
+        The checked ``train`` options (:func:`train_options`): ``batch_size``, ``adapt_batch``, ``holdout``.
+    train_samples
+        Samples of the training split (:func:`sciencegen.data.conditioning.split_samples`).
+    world_size
+        The ranks the batch is split over.
+    dataset
+        The dataset's name, for the messages.
+    log_it
+        Log the line (rank 0).
+
+    Raises
+    ------
+    TrainError
+        The split holds fewer samples than the ranks, or (``train.adapt_batch=false``) fewer than one batch.
+    """
+    batch, world = int(opts["batch_size"]), max(1, int(world_size))
+    per_rank, local = train_samples // world, batch // world
+    split = (f"{train_samples} training samples of dataset {dataset} (train.holdout={opts['holdout']:g} held out"
+             + (f", over {world} ranks)" if world > 1 else ")"))
+    if per_rank < 1:
+        raise TrainError(f"the {split} are fewer than the ranks: use fewer ranks or lower train.holdout")
+    if 2 * local <= per_rank:
+        return batch
+    fit = world * 2 ** int(math.log2(max(1, per_rank // 2)))
+    if not opts["adapt_batch"]:
+        if local > per_rank:
+            raise TrainError(f"train.batch_size={batch} > the {split}: set train.batch_size={fit} (or lower "
+                             "train.holdout, or train.adapt_batch=true to let training choose)")
+        if log_it:
+            log.warning("train.batch_size=%d: one step per epoch on the %s; train.batch_size=%d gives two or more",
+                        batch, split, fit)
+        return batch
+    if log_it:
+        log.warning("train.batch_size=%d is more than half of the %s: using train.batch_size=%d (%d steps per "
+                    "epoch); train.adapt_batch=false keeps %d", batch, split, fit, per_rank // (fit // world), batch)
+    return fit
+
+
+def store_batch(opts: dict[str, Any], prepared: Any, world_size: int, log_it: bool = True) -> tuple[int, int | None]:
+    """:func:`fit_batch` for a prepared store: ``(global batch, training samples)``.
+
+    A store without a training split (too few chunks for ``train.holdout``) keeps the batch and gives ``None``:
+    the data streams refuse it with what to set.
+
+    Parameters
+    ----------
+    opts
+        The checked ``train`` options.
+    prepared
+        The prepared dataset (:class:`~sciencegen.data.store.PreparedData`).
+    world_size, log_it
+        See :func:`fit_batch`.
+    """
+    from ..data.fields import DataError
+    from ..data.split_size import train_split_size
+
+    try:
+        n = train_split_size(prepared.path, float(opts["holdout"]))
+    except DataError:
+        return int(opts["batch_size"]), None
+    return fit_batch(opts, n, world_size, str(prepared.meta.get("name")), log_it), n
 
 
 def resolve_run_dir(cfg: Any) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.prepare import make_source, prepare
+from ..data.store import open_prepared
 from ..errors import TrainError
 from ..models.build import resolve_model_config
 from ..models.checkpoint import code_version
@@ -60,8 +61,12 @@ class Streams:
     validation: Any
 
 
-def open_streams(store: Path, opts: dict[str, Any], dist: Distributed, local_batch: int) -> Streams:
+def open_streams(store: Path, opts: dict[str, Any], dist: Distributed, local_batch: int,
+                 masked: bool | None = None) -> Streams:
     """The training split of ``store`` sharded over the ranks, and the held-out split on rank 0.
+
+    ``masked``: the target channels keep their NaN, the invalid points the loss ignores (:attr:`DataInfo.masked`;
+    ``None``: as the store says).
 
     Raises
     ------
@@ -69,16 +74,21 @@ def open_streams(store: Path, opts: dict[str, Any], dist: Distributed, local_bat
         The store cannot be read, or its training split holds less than one batch per rank.
     """
     from ..data.loader import from_store, make_loader
+    from ..data.masks import holds_nan
 
     o = opts
     try:
+        if masked is None:
+            prepared = open_prepared(store)
+            masked = bool(prepared.meta.get("masks")) or holds_nan(prepared)
         stream = from_store(store, batch_size=local_batch, split="train", holdout=float(o["holdout"]),
                             seed=o["seed"], shuffle=bool(o["shuffle"]), drop_last=True, rank=dist.rank,
-                            world_size=dist.world)
+                            world_size=dist.world, keep_invalid=masked)
         val_stream = None
         if o["holdout"] > 0 and o["val_batches"] > 0 and dist.main:
             val_stream = from_store(store, batch_size=o["batch_size"], split="validation",
-                                    holdout=float(o["holdout"]), shuffle=False, rank=0, world_size=1)
+                                    holdout=float(o["holdout"]), shuffle=False, rank=0, world_size=1,
+                                    keep_invalid=masked)
     except (ValueError, FileNotFoundError) as exc:
         raise TrainError(f"data: {exc}") from None
     if len(stream) == 0:
@@ -102,11 +112,14 @@ class DataInfo:
     target: Any
     cond_channels: int = 0
     conditioning: dict[str, Any] | None = None  # the store's conditioning layout + per-channel mean/std (C4)
+    masks: dict[str, Any] | None = None  # the store's masks, each with its valid points (data.masks.store_masks)
+    masked: bool = False  # the targets hold NaN (masked or missing points): the loss ignores them
 
 
 def data_info(prepared: Any, dataset_cfg: Any) -> DataInfo:
     """Shape, channels, conditioning, normalisation and (if the dataset has one) the exact law of the data."""
     from ..data.conditioning import condition_layout
+    from ..data.masks import holds_nan, store_masks
 
     target = None
     with contextlib.suppress(Exception):
@@ -117,9 +130,11 @@ def data_info(prepared: Any, dataset_cfg: Any) -> DataInfo:
         conditioning = {"kinds": layout.kinds, "inputs": layout.inputs, "static": layout.static,
                         "state": layout.state, "mean": np.asarray(layout.mean, dtype=float).tolist(),
                         "std": np.asarray(layout.std, dtype=float).tolist()}
+    masks = store_masks(prepared)
     return DataInfo(Path(prepared.path), tuple(prepared.field_shape), len(prepared.spec.variables),
                     np.asarray(prepared.mean, dtype=float), np.asarray(prepared.std, dtype=float), target,
-                    0 if layout is None else int(layout.channels), conditioning)
+                    0 if layout is None else int(layout.channels), conditioning, masks,
+                    bool(masks) or holds_nan(prepared))
 
 
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -141,7 +156,7 @@ def training_meta(cfg: Any, prepared: Any, info: DataInfo, dataset_cfg: dict[str
         "dataset": dataset_cfg,
         "data": {**spec.as_dict(), "field_shape": list(info.field_shape), "mean": info.mean.tolist(),
                  "std": info.std.tolist(), "store": str(Path(prepared.path).resolve()),
-                 "conditioning": info.conditioning},
+                 "conditioning": info.conditioning, **({"masks": info.masks} if info.masks else {})},
         "train": dict(opts),
         "code": code_version(),
     }

@@ -3,7 +3,8 @@
 Both run on rank 0 at log steps (``train.val_every``, ``train.figure_every``) and at the end of a run. The
 validation draws fixed noise levels and noise (step 0 of the validation stream), so its losses are
 comparable across steps and runs. A figure that fails for any reason but a full disk only warns: a figure
-must never stop training.
+must never stop training. The figure's panels are drawn by the prepared store's coordinates
+(:func:`figure_axes`): north up, axes labelled with the coordinate names and units.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ import torch
 from torch import nn
 
 from ..analysis.figures import plot_samples
+from ..analysis.panels import PanelAxis, panel_axes
 from ..models import denoising_loss
 from .schedule import VALID_TAG, train_noise
 
-__all__ = ["FigureSpec", "sample_figure", "validation_losses"]
+__all__ = ["FigureSpec", "figure_axes", "sample_figure", "validation_losses"]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,15 @@ def validation_losses(models: Mapping[str, nn.Module], stream: Iterable[torch.Te
         x0, cond = batch if isinstance(batch, (tuple, list)) else (batch, None)
         x0 = x0.to(device)
         cond = None if cond is None else cond.to(device)
+        valid = None if bool(torch.isfinite(x0).all()) else torch.isfinite(x0)  # masked data: NaN points ignored
         sigma, noise = train_noise(seed, 0, range(n, n + x0.shape[0]), x0.shape[1:], p_mean=p_mean, p_std=p_std,
                                    tag=VALID_TAG, device=device)
         for key, model in models.items():
             was = model.training
             model.eval()
             with autocast():
-                totals[key] += float(denoising_loss(model, x0, sigma, noise, cond=cond, sigma_data=sigma_data).sum())
+                loss = denoising_loss(model, x0, sigma, noise, cond=cond, sigma_data=sigma_data, valid=valid)
+                totals[key] += float(loss.sum())
             model.train(was)
         n += x0.shape[0]
     if n == 0:
@@ -101,6 +105,9 @@ class FigureSpec:
     cond
         Normalised conditions of the data row (conditional models): member ``i`` is drawn given the
         condition of data field ``i``.
+    axes
+        The field dims' coordinates (:func:`figure_axes`): panels drawn by coordinate value, north up
+        (``None``: index axes, row 0 at the bottom).
     """
 
     shape: tuple[int, ...]
@@ -114,6 +121,28 @@ class FigureSpec:
     data_label: str = "training data"
     target: Any = None
     cond: torch.Tensor | None = None
+    axes: Sequence[PanelAxis] | None = None
+
+
+def figure_axes(prepared: Any) -> tuple[PanelAxis, ...] | None:
+    """The field dims' coordinates of a prepared dataset (values, names, units) for the sample figures.
+
+    Parameters
+    ----------
+    prepared
+        A :class:`~sciencegen.data.store.PreparedData` (its ``ds`` and ``spec.field_dims``).
+
+    Returns
+    -------
+    tuple of PanelAxis or None
+        One per field dim (an index axis where a dim has no coordinate); ``None`` when they cannot be read
+        (the figure then uses index axes: a figure must never stop training).
+    """
+    try:
+        return panel_axes(prepared.ds, list(prepared.spec.field_dims))
+    except Exception as exc:
+        log.debug("sample figures without coordinates: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def sample_figure(model: nn.Module, spec: FigureSpec, path: Path, *, title: str, device: torch.device,
@@ -143,7 +172,8 @@ def sample_figure(model: nn.Module, spec: FigureSpec, path: Path, *, title: str,
         shift = torch.as_tensor(spec.mean, dtype=torch.float64).reshape(1, -1, 1, 1)
         samples = res.samples.double().cpu() * scale + shift
         data = spec.data * scale + shift if spec.data is not None else None
-        err = plot_samples(samples, path, data=data, target=spec.target, title=title, data_label=spec.data_label)
+        err = plot_samples(samples, path, data=data, target=spec.target, title=title, data_label=spec.data_label,
+                           axes=spec.axes)
         return path, err
     except OSError as exc:
         if exc.errno is not None:  # disk full: stops training like a failed checkpoint or metrics row

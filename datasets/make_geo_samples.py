@@ -4,8 +4,8 @@ Usage: ``python datasets/make_geo_samples.py [DIR]`` writes the four files below
 temporary folder, printed), and ``python datasets/make_geo_samples.py --shipped`` rewrites the shipped sample
 ``datasets/samples/sst_global_37x72.nc`` (under 1 MB) that ``docs/own_data.md`` runs on.
 
-The fields are synthetic and deterministic (a seeded sum of zonal waves times smooth meridional profiles,
-AR(1) in time) but the files look like the ones users bring:
+The fields are synthetic and deterministic (a seeded sum of zonal waves at every resolved scale with a red
+spectrum, times meridional profiles, AR(1) in time) but the files look like the ones users bring:
 
 * ``z500_29x49.nc`` (NCEP-like regional 500 hPa height): ``hgt(time, lat, lon)``, latitude *descending*
   (60 -> 18 N), a non-periodic longitude box, a scalar coordinate ``level = 500 hPa``, ``lat``/``lon`` with
@@ -35,17 +35,22 @@ SHIPPED = "sst_global_37x72.nc"
 log = logging.getLogger("make_geo_samples")
 
 
-def waves(lat: np.ndarray, lon: np.ndarray, times: int, seed: int, modes: int = 6, a: float = 0.7) -> np.ndarray:
-    """Unit-variance-ish smooth anomalies ``[time, lat, lon]``: zonal waves ``m = 1..modes`` with random
-    meridional profiles, each amplitude an AR(1) series (coefficient ``a``) in time."""
+def waves(lat: np.ndarray, lon: np.ndarray, times: int, seed: int, slope: float = 1.5, a: float = 0.7) -> np.ndarray:
+    """Unit-variance smooth anomalies ``[time, lat, lon]`` with a red spectrum at every resolved scale.
+
+    Zonal waves ``m = 1 .. lon/2 - 1`` with amplitude ``m**-slope`` (power falling as ``m**(-2 slope)``), each with a
+    random meridional profile of about the same scale (``cos(k m phi + c)``, k ~ 1..2), every amplitude an
+    AR(1) series (coefficient ``a``) in time. No scale is empty, as in real fields: a generator that puts
+    small-scale noise where the data have none is seen in the spectra.
+    """
     rng = np.random.default_rng(seed)
     phi, lam = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
     out = np.zeros((times, lat.size, lon.size))
-    for m in range(1, modes + 1):
+    for m in range(1, max(lon.size // 2 - 1, 2) + 1):
         for kind in (np.cos, np.sin):
-            k = rng.uniform(1.0, 4.0)
+            k = m * rng.uniform(1.0, 2.0)
             profile = np.cos(phi) ** 0.5 * np.cos(k * phi + rng.uniform(0, np.pi))
-            shape = profile * kind(m * lam) / m
+            shape = profile * kind(m * lam + rng.uniform(0, np.pi)) * m ** -slope
             amp = np.empty(times)
             amp[0] = rng.standard_normal()
             for t in range(1, times):

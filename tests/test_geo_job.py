@@ -35,14 +35,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return geo.write_all(tmp_path_factory.mktemp("geo"))
 
 
-def _job(tmp: Path, name: str, dataset: list[str], extra: tuple[str, ...] = ()) -> Path:
-    """Run ``sciencegen`` in ``tmp`` (its own data root); return the run directory."""
+def _job(tmp: Path, name: str, dataset: list[str], extra: tuple[str, ...] = ()) -> tuple[Path, str]:
+    """Run ``sciencegen`` in ``tmp`` (its own data root); return the run directory and what it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SCIENCEGEN_DATA_ROOT": str(tmp / "data")}
     cmd = ["sciencegen", "dataset=netcdf", *dataset, f"name={name}", *TINY, *extra]
     out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert not (tmp / "outputs").exists(), f"{name}: a stray outputs/ folder was left in {tmp}"
-    return tmp / "runs" / name
+    return tmp / "runs" / name, out.stdout + out.stderr
 
 
 def _metrics(run: Path) -> dict:
@@ -67,7 +67,7 @@ def _finite_numbers(obj, path="") -> list[str]:
 
 def test_sst_with_land_keeps_nan_exactly_at_land(files, tmp_path):
     """The land points (NaN in every month of the file) are NaN in every generated member, nowhere else."""
-    run = _job(tmp_path, "sst", [f"dataset.path={files['sst']}", "dataset.variables=[sst]",
+    run, text = _job(tmp_path, "sst", [f"dataset.path={files['sst']}", "dataset.variables=[sst]",
                                  "dataset.sample_dims=[time]", "dataset.nonfinite=mask"])
     land = xr.open_dataset(files["sst"])["land"].values.astype(bool)
     ens = xr.open_zarr(run / "samples.zarr")
@@ -78,15 +78,15 @@ def test_sst_with_land_keeps_nan_exactly_at_land(files, tmp_path):
     assert "valid_sst" in ens, sorted(ens.variables)
     np.testing.assert_array_equal(ens["valid_sst"].values.astype(bool), ~land)
     assert "units" not in ens["sst"].attrs, ens["sst"].attrs  # the file has none: unknown stays unknown
+    assert "fewer than a few hundred" in text, text[-3000:]  # 40 months: the data stage says what to expect
     metrics = _metrics(run)
     assert not _finite_numbers(metrics), _finite_numbers(metrics)
-    text = json.dumps(metrics)
-    assert "valid" in text, "metrics.json does not say that metrics use valid points only"
+    assert "valid" in json.dumps(metrics), "metrics.json does not say that metrics use valid points only"
 
 
 def test_regional_z500_descending_latitude_and_level(files, tmp_path):
     """29 x 49 (odd, not periodic), latitude 60 -> 18: trains on its own grid; the level survives."""
-    run = _job(tmp_path, "z500", [f"dataset.path={files['z500']}", "dataset.variables=[hgt]",
+    run, text = _job(tmp_path, "z500", [f"dataset.path={files['z500']}", "dataset.variables=[hgt]",
                                   "dataset.sample_dims=[time]"])
     ens = xr.open_zarr(run / "samples.zarr")
     assert ens["hgt"].shape[-2:] == (29, 49)
@@ -101,7 +101,7 @@ def test_regional_z500_descending_latitude_and_level(files, tmp_path):
 def test_global_winds_two_files(files, tmp_path):
     """uwnd and vwnd in two files, 73 x 144 with both poles: two channels on their own global grid."""
     paths = f"dataset.path=[{files['uwnd']},{files['vwnd']}]"
-    run = _job(tmp_path, "wind", [paths, "dataset.variables=[uwnd,vwnd]", "dataset.sample_dims=[time]"])
+    run, text = _job(tmp_path, "wind", [paths, "dataset.variables=[uwnd,vwnd]", "dataset.sample_dims=[time]"])
     ens = xr.open_zarr(run / "samples.zarr")
     assert ens["uwnd"].shape[-2:] == ens["vwnd"].shape[-2:] == (73, 144)
     assert float(ens["air_pressure"]) == 200.0
@@ -112,7 +112,7 @@ def test_global_winds_two_files(files, tmp_path):
 def test_shipped_global_sst_with_mask_variable(tmp_path):
     """The how-to's sample (docs/own_data.md): the static ``lsm`` names the land; lat-lon metrics, memorisation."""
     path = ROOT / "datasets" / "samples" / geo.SHIPPED
-    run = _job(tmp_path, "sst_global", [f"dataset.path={path}", "dataset.variables=[sst]",
+    run, text = _job(tmp_path, "sst_global", [f"dataset.path={path}", "dataset.variables=[sst]",
                                         "dataset.sample_dims=[time]", "dataset.mask=lsm"])
     land = xr.open_dataset(path)["lsm"].values > 0
     ens = xr.open_zarr(run / "samples.zarr")
@@ -120,5 +120,5 @@ def test_shipped_global_sst_with_mask_variable(tmp_path):
     np.testing.assert_array_equal(np.isnan(ens["sst"].values), np.broadcast_to(land, ens["sst"].shape))
     metrics = _metrics(run)
     assert not _finite_numbers(metrics), _finite_numbers(metrics)
-    text = json.dumps(metrics)
-    assert "memorisation" in metrics and "km" in text and "zonal" in text, sorted(metrics)
+    summary = json.dumps(metrics)
+    assert "memorisation" in metrics and "km" in summary and "zonal" in summary, sorted(metrics)

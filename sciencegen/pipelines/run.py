@@ -129,7 +129,7 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
     oracle = is_oracle(_plain(cfg["model"]))
     if "data" in stages:
         _line("stage 1/4: data")
-        result["data"] = _data_stage(sc["data"], bool(cfg["progress"]))
+        result["data"] = _data_stage(sc["data"], bool(cfg["progress"]), cfg["train"] if "train" in stages else None)
     if "train" in stages:
         if oracle:
             _line("stage 2/4: train — skipped: model=oracle is the exact denoiser")
@@ -148,13 +148,23 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
     return result
 
 
-def _data_stage(conf: Any, progress: bool) -> dict[str, Any]:
-    """Prepare (or reuse) the dataset store; log its summary."""
+def _data_stage(conf: Any, progress: bool, train: Any = None) -> dict[str, Any]:
+    """Prepare (or reuse) the dataset store; log its summary, and the few-samples advice for ``train`` keys."""
     from ..data.prepare import prepare, summary
+    from ..data.split_size import few_samples_line, train_split_size
 
     t = time.perf_counter()
     p = prepare(conf["dataset"], data_root=conf["data_root"], progress=progress)
     log.info("%s", summary(p, time.perf_counter() - t))
+    if train is not None:   # the same advice as sciencegen-data, for this job's training keys
+        holdout, batch = float(train["holdout"]), int(train["batch_size"])
+        try:
+            line = few_samples_line(str(p.meta.get("name")), p.samples, train_split_size(p.path, holdout), holdout,
+                                    batch)
+        except SciencegenError:   # too few chunks to hold any out: training says so, with what to set
+            line = None
+        if line:
+            log.warning("%s", line)
     return {"path": str(p.path), "reused": p.reused}
 
 

@@ -172,6 +172,8 @@ def sample_figure(model: nn.Module, spec: FigureSpec, path: Path, *, title: str,
         shift = torch.as_tensor(spec.mean, dtype=torch.float64).reshape(1, -1, 1, 1)
         samples = res.samples.double().cpu() * scale + shift
         data = spec.data * scale + shift if spec.data is not None else None
+        if data is not None and data.shape[0] > 1:   # masked data: samples blank where every data field is (land)
+            samples = samples.masked_fill(torch.isnan(data).all(0, keepdim=True), float("nan"))
         err = plot_samples(samples, path, data=data, target=spec.target, title=title, data_label=spec.data_label,
                            axes=spec.axes)
         return path, err

@@ -35,8 +35,10 @@ INTERNAL_DEPRECATION = re.compile(r"^\S*[/\\](site|dist)-packages[/\\]\S*:\d+: \
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "default",
-           **extra}
+    # a user's filters, plus every deprecation shown wherever it is raised: a filter naming its category (not a
+    # bare "default") leaves libraries as a user runs them (pyparsing turns on its own diagnostics for a bare one)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "PYTHONWARNINGS": "default::DeprecationWarning,default::PendingDeprecationWarning", **extra}
     for k in ("SCIENCEGEN_DATA_ROOT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID",
               "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
         env.pop(k, None)

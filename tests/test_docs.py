@@ -179,7 +179,10 @@ def _shrunk(words: list[str], tmp: Path) -> list[str]:
     name = APPS[words[0]]
     cfg = precheck.compose(name, overrides(words))
     over = [o for o in overrides(words) if o.split("=")[0] not in SHRINK]
+    names_dataset = any(o.split("=")[0].lstrip("+~").startswith("dataset") for o in overrides(words))
     for k, v in SHRINK.items():
+        if k.startswith("dataset.") and name == "evaluate" and not names_dataset:   # the dataset is the store's
+            continue
         parent, _, leaf = k.rpartition(".")
         node = cfg.get(parent) if parent else cfg
         if node is not None and hasattr(node, "keys") and leaf in node:

@@ -64,14 +64,22 @@ class MaskedDenoiser:
         self.denoiser = denoiser
         self.valid = torch.as_tensor(np.asarray(valid, dtype=bool))
         self.static = None if static is None else torch.as_tensor(np.asarray(static, dtype=np.float32))
+        self._placed: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mask and the static channels on ``device`` (copied once, not in every call of a round)."""
+        key = (device, dtype)
+        if key not in self._placed:
+            static = None if self.static is None else self.static.to(device=device, dtype=dtype)
+            self._placed[key] = (self.valid.to(device), static)
+        return self._placed[key]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """``D(x, sigma, cond)`` at the valid points, 0 elsewhere."""
-        if cond is None and self.static is not None:
-            c = self.static.to(device=x.device, dtype=x.dtype)
-            cond = c.expand(x.shape[0], *c.shape)
+        keep, static = self._on(x.device, x.dtype)
+        if cond is None and static is not None:
+            cond = static.expand(x.shape[0], *static.shape)
         d = self.denoiser(x, sigma) if cond is None else self.denoiser(x, sigma, cond)
-        keep = self.valid.to(d.device)
         return torch.where(keep, d, torch.zeros((), dtype=d.dtype, device=d.device))
 
 

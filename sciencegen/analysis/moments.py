@@ -69,17 +69,8 @@ def moments(da: xr.DataArray, dims: str | Sequence[Hashable], ddof: int = 0) -> 
     d = x - shift
     n = d.notnull().sum(dims)
     sums = [(d**p).sum(dims, skipna=True) for p in (1, 2, 3, 4)]
-    m1, mu2, mu3, mu4 = _central_from_raw(n, *sums)
-    mu2 = mu2.clip(min=0.0)
-    var = mu2 * n / (n - ddof)
-    units = da.attrs.get("units", "")
-    out = xr.Dataset({
-        "mean": (shift + m1).assign_attrs(long_name="mean", units=units),
-        "std": np.sqrt(var).assign_attrs(long_name=f"standard deviation (ddof={ddof})", units=units),
-        "skewness": (mu3 / mu2**1.5).assign_attrs(long_name="skewness mu3/mu2^1.5", units="1"),
-        "kurtosis": (mu4 / mu2**2 - 3.0).assign_attrs(long_name="excess kurtosis mu4/mu2^2 - 3", units="1"),
-        "count": n.assign_attrs(long_name="number of non-NaN values"),
-    })
+    out = _moment_set(shift, _central_from_raw(n, *sums), n, ddof, da.attrs.get("units", ""), "")
+    out["count"].attrs["long_name"] = "number of non-NaN values"
     out.attrs["sample_dims"] = list(map(str, dims))
     return out
 
@@ -128,20 +119,26 @@ def _weighted_scalars(da: xr.DataArray, weights: xr.DataArray, ddof: int) -> xr.
     n = counted.sum()
     wsum = ww.sum()
     sums = [(ww * d**p).sum() for p in (1, 2, 3, 4)]
-    m1, mu2, mu3, mu4 = _central_from_raw(wsum, *sums)
-    mu2 = mu2.clip(min=0.0)
-    var = mu2 * n / (n - ddof)
-    units = da.attrs.get("units", "")
-    out = xr.Dataset({
-        "mean": (shift + m1).assign_attrs(long_name="weighted mean", units=units),
-        "std": np.sqrt(var).assign_attrs(long_name=f"weighted standard deviation (ddof={ddof})", units=units),
-        "skewness": (mu3 / mu2**1.5).assign_attrs(long_name="weighted skewness mu3/mu2^1.5", units="1"),
-        "kurtosis": (mu4 / mu2**2 - 3.0).assign_attrs(long_name="weighted excess kurtosis mu4/mu2^2 - 3",
-                                                      units="1"),
-        "count": n.assign_attrs(long_name="number of values counted (non-NaN, weight > 0)"),
-    })
+    out = _moment_set(shift, _central_from_raw(wsum, *sums), n, ddof, da.attrs.get("units", ""), "weighted ")
+    out["count"].attrs["long_name"] = "number of values counted (non-NaN, weight > 0)"
     out.attrs["weighted"] = 1
     return out
+
+
+def _moment_set(shift: xr.DataArray, central: tuple[xr.DataArray, ...], n: xr.DataArray, ddof: int, units: str,
+                prefix: str) -> xr.Dataset:
+    """Mean, std, skewness, excess kurtosis and count from a shift and the central moments about it."""
+    m1, mu2, mu3, mu4 = central
+    mu2 = mu2.clip(min=0.0)
+    var = mu2 * n / (n - ddof)
+    return xr.Dataset({
+        "mean": (shift + m1).assign_attrs(long_name=f"{prefix}mean", units=units),
+        "std": np.sqrt(var).assign_attrs(long_name=f"{prefix}standard deviation (ddof={ddof})", units=units),
+        "skewness": (mu3 / mu2**1.5).assign_attrs(long_name=f"{prefix}skewness mu3/mu2^1.5", units="1"),
+        "kurtosis": (mu4 / mu2**2 - 3.0).assign_attrs(long_name=f"{prefix}excess kurtosis mu4/mu2^2 - 3",
+                                                      units="1"),
+        "count": n.copy(),
+    })
 
 
 def _value_range(*arrays: xr.DataArray) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from ..errors import SciencegenError
 
 __all__ = [
     "RESOLVED_POWER",
+    "histogram_edges",
     "TASK_BYTES",
     "EvaluateError",
     "Side",
@@ -180,3 +181,17 @@ def resolved_shells(reference: np.ndarray, kmax: int) -> np.ndarray:
         return shells
     return shells[ref[shells] >= RESOLVED_POWER * np.nanmax(ref[shells])]
 
+
+def histogram_edges(lo_hi: Sequence[Any], bins: int, variable: str, where: str = "") -> tuple[np.ndarray, float, float]:
+    """Shared histogram edges of both sides from their ``[lo_s, lo_r, hi_s, hi_r]`` (first pass).
+
+    Returns ``(edges, lo, hi)``; a constant field gets a unit-wide range. Raises :class:`EvaluateError` when
+    neither side holds a finite value (``where``: e.g. " at its valid points").
+    """
+    vals = [float(x) for x in lo_hi]
+    lo, hi = float(np.nanmin(vals[:2])), float(np.nanmax(vals[2:]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise EvaluateError(f"variable {variable}: no finite values to compare{where}")
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, int(bins) + 1), lo, hi

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from ..analysis.geometry import Geometry
-from .common import EvaluateError, Side, resolved_shells
+from .common import Side, histogram_edges, resolved_shells
 from .validity import Validity
 
 __all__ = ["geo_compute", "geo_variable_metrics"]
@@ -136,13 +136,7 @@ def geo_compute(samples: Side, ref: Side, bins: int, max_lag: int | None, geo: G
     for v, r1 in _first_pass(samples, ref, geo, validity).items():
         val = validity.get(v)
         s, r = _restrict(samples, v, val), _restrict(ref, v, val)
-        vals = [float(x) for x in r1["lo"] + r1["hi"]]
-        lo, hi = float(np.nanmin(vals[:2])), float(np.nanmax(vals[2:]))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise EvaluateError(f"variable {v}: no finite values to compare at its valid points")
-        if lo == hi:
-            lo, hi = lo - 0.5, hi + 0.5
-        edges = np.linspace(lo, hi, int(bins) + 1)
+        edges, lo, hi = histogram_edges(r1["lo"] + r1["hi"], bins, v, " at its valid points")
         out[v] = {k: r1[k] for k in ("spec_s", "spec_r", "not_computed")} | {
             "mom_s": _moment_dict(r1["mom_s"]), "mom_r": _moment_dict(r1["mom_r"]), "edges": edges,
             "range": (lo, hi), "geo": True}

@@ -15,7 +15,6 @@ decides what the report and the summary show.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import xarray as xr
 
 from ..analysis.geometry import Geometry
 from ..analysis.panels import panel_axis
-from .common import EvaluateError, Side, first_line, resolved_shells
+from .common import EvaluateError, Side, first_line, histogram_edges, resolved_shells
 
 __all__ = ["W1_BINS", "compute", "field_units", "grid_of", "panel_arrays", "panels", "scheduler", "variable_metrics"]
 
@@ -173,13 +172,7 @@ def _plane_compute(samples: Side, ref: Side, bins: int, max_lag: int | None) -> 
         if ms["count"] != expected_s:
             raise EvaluateError(f"samples {samples.info['path']}: {expected_s - ms['count']} NaN values in the "
                                 f"complete members of {v} (a corrupt or foreign store)")
-        vals = [float(x) for x in r1["lo"] + r1["hi"]]
-        lo, hi = float(np.nanmin(vals[:2])), float(np.nanmax(vals[2:]))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise EvaluateError(f"variable {v}: no finite values to compare")
-        if lo == hi:
-            lo, hi = lo - 0.5, hi + 0.5
-        edges = np.linspace(lo, hi, int(bins) + 1)
+        edges, lo, hi = histogram_edges(r1["lo"] + r1["hi"], bins, v)
         out[v] = {"spec_s": r1["spec_s"], "spec_r": r1["spec_r"], "mom_s": ms, "mom_r": mr, "edges": edges,
                   "range": (lo, hi)}
         lazy2[v] = {

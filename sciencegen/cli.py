@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 __all__ = ["COMMANDS", "bench", "data", "evaluate", "generate", "main", "train"]
 
@@ -19,30 +20,12 @@ def _threads(n: int | None) -> None:
 
 
 def bench(argv: list[str] | None = None) -> int:
-    """``sciencegen-bench``: samplers side by side on the exact GRF target."""
+    """``sciencegen-bench``: samplers side by side on the exact GRF target or a trained model; ``--sweep``: at equal
+    accuracy (options: :func:`sciencegen.console.bench.bench_parser`)."""
+    from .console.bench import bench_parser
     from .pipelines.bench import DEFAULT_SAMPLERS
 
-    p = argparse.ArgumentParser(
-        prog="sciencegen-bench",
-        description="Run sequential, ParaDiGMS and Picard samplers side by side on the exact Gaussian "
-        "random field target and print rounds, NFE, wall time, spectral error and distance to sequential.",
-    )
-    p.add_argument("--size", type=int, default=64, help="grid points per side (d = size^2); default 64")
-    p.add_argument("--steps", type=int, default=1000, help="grid steps; default 1000")
-    p.add_argument("--members", type=int, default=8, help="ensemble members; default 8")
-    p.add_argument("--samplers", default=",".join(DEFAULT_SAMPLERS),
-                   help="space-separated or comma-separated names; options as name:key=value,key=value "
-                   "(separate such specs with spaces)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median wall time); default 3")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    p.add_argument("--scaling", default=None,
-                   help="comma-separated sizes: report rounds against d instead (e.g. 32,64,128,256,512)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("SCIENCEGEN_THREADS", "0")) or None,
-                   help="torch CPU threads")
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.add_argument("--figure", default=None, help="write the rounds-vs-NFE figure to this PNG")
-    a = p.parse_args(argv)
+    a = bench_parser(DEFAULT_SAMPLERS).parse_args(argv)
     try:
         return _bench(a)
     except KeyboardInterrupt:
@@ -58,51 +41,75 @@ def bench(argv: list[str] | None = None) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from .pipelines.bench import format_table, plot_tradeoff, rows_as_dicts, run_bench, run_scaling
+    from .console.bench import number_list, split_specs
+    from .errors import SciencegenError
+    from .pipelines import bench as B
 
     try:
         import torch
 
         _threads(a.threads)
         dtype = getattr(torch, a.dtype)
-        specs = _split_specs(a.samplers)
+        specs = split_specs(a.samplers)
+        problem = _bench_problem(a, B)
         if a.scaling:
             sizes = [int(s) for s in a.scaling.split(",") if s]
-            rows = run_scaling(sizes, specs, a.steps, a.members, a.seed, dtype)
+            rows = B.run_scaling(sizes, specs, a.steps, a.members, a.seed, dtype)
+        elif a.sweep:
+            targets = number_list(a.targets, "--targets")
+            tols = number_list(a.tols, "--tols") if a.tols else None
+            print(f"{problem.label} (d = {problem.dim}), {a.steps} steps, {a.members} members, {a.dtype}: sweep")
+            rows = B.run_sweep(a.size, a.steps, a.members, specs, tols, a.seed, dtype, targets, log=_bar_line,
+                               problem=problem, device=a.device, progress=True)
         else:
-            print(f"GRF {a.size}x{a.size} (d = {a.size ** 2}), {a.steps} steps, {a.members} members, {a.dtype}")
-            rows = run_bench(a.size, a.steps, a.members, specs, a.seed, a.repeats, dtype)
-    except ValueError as e:
+            print(f"{problem.label} (d = {problem.dim}), {a.steps} steps, {a.members} members, {a.dtype}")
+            rows = B.run_bench(a.size, a.steps, a.members, specs, a.seed, a.repeats, dtype, problem=problem,
+                               device=a.device)
+    except (ValueError, SciencegenError) as e:
         print(f"sciencegen-bench: error: {e}", file=sys.stderr)
         return 2
     print()
-    print(format_table(rows, a.steps))
+    print(B.format_table(rows, a.steps))
+    if a.sweep:
+        print()
+        print(B.format_distance_table(rows, targets))
     if a.json:
+        out: Any = B.rows_as_dicts(rows)
+        if a.sweep:  # the runs, and per target distance the cheapest run of each sampler (null: not reached)
+            picks = {str(t): B.at_distance(rows, t) for t in targets}
+            out = {"rows": out, "at_distance": {t: {spec: r and B.rows_as_dicts([r])[0] for spec, r in pick.items()}
+                                                for t, pick in picks.items()}}
         with open(a.json, "w") as f:
-            json.dump(rows_as_dicts(rows), f, indent=1)
+            json.dump(out, f, indent=1)
     if a.figure:
-        plot_tradeoff(rows, a.figure, f"GRF, {a.steps} steps")
+        if a.sweep:
+            B.plot_distance(rows, a.figure, targets, a.steps)
+        else:
+            B.plot_tradeoff(rows, a.figure, f"{'GRF' if a.model is None else 'model'}, {a.steps} steps")
         print(f"\nfigure: {a.figure}")
     return 0
 
 
-def _split_specs(text: str) -> list[str]:
-    # "a,b:tol=1,window=2 c" -> specs; a comma followed by a known name starts a new spec
-    from .samplers import SAMPLERS
+def _bench_problem(a: argparse.Namespace, B: ModuleType) -> Any:
+    """The GRF of ``--size`` or the ``--model`` checkpoint's denoiser (``--size``, if given, must be its grid)."""
+    if a.model is None:
+        if a.size is not None and a.size < 2:
+            raise ValueError(f"--size must be an integer >= 2, got {a.size}")
+        a.size = a.size or 64
+        return B.grf_problem(a.size)
+    if a.scaling:
+        raise ValueError("--scaling runs the exact GRF at several sizes; it does not take --model")
+    problem = B.checkpoint_problem(a.model, a.device)
+    if a.size is not None and tuple(problem.shape[1:]) != (a.size,) * (len(problem.shape) - 1):
+        raise ValueError(f"--size {a.size}: the checkpoint {a.model} samples fields of {problem.shape[1:]}; "
+                         "leave --size out with --model")
+    return problem
 
-    out: list[str] = []
-    for chunk in text.split():
-        cur = ""
-        for part in chunk.split(","):
-            if part.partition(":")[0] in SAMPLERS or not cur:
-                if cur:
-                    out.append(cur)
-                cur = part
-            else:
-                cur += "," + part
-        if cur:
-            out.append(cur)
-    return out
+
+def _bar_line(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line)
 
 
 def _fail(prog: str, exc: BaseException, code: int = 2) -> None:

@@ -304,6 +304,9 @@ class GenerateConfig:
                                   "output, this many times (null: one step, no lead_time dim)")
     batch_size: int = _key("members sampled together (a Picard round evaluates window x batch points)")
     seed: int = _key("member i depends only on (seed, i)")
+    noise_stream: str | None = _key("counter (integer tensor ops on the sampling device) | cpu (a CPU generator per "
+                                    "(seed, member, step)) | null: counter for a new store; resuming, the stream "
+                                    "the store records (cpu if it records none)")
     shard: str | None = _key("i/n: own the i-th of n contiguous, chunk-aligned slices of members (0-based); "
                              "null: from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when set, else all")
     device: str = _key("auto (cuda if available) | cpu | cuda | cuda:N")

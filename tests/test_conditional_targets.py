@@ -365,11 +365,14 @@ def test_picard_rounds_given_a_condition_stay_near_the_unconditional_ones(name):
     # with D frozen at 0, a mean in the directions the coarse condition fixes doubled the rounds (17 vs 8)
     g, laws = _laws(16)
     law = laws[name]
-    free = sciencegen.sample(Oracle(g), g.shape, 64, "picard_dpm2m", 64, seed=0).stats["rounds"]
+    # like with like: given conditions newton="auto" walks plain Picard (docs/samplers.md), so does the free run
+    free = sciencegen.sample(Oracle(g), g.shape, 64, "picard_dpm2m", 64, seed=0, newton="none").stats["rounds"]
     for c in range(2):
-        rounds = sciencegen.sample(Oracle(law), g.shape, 64, "picard_dpm2m", 64, seed=c,
-                                   cond=_condition(law, g, c)).stats["rounds"]
-        assert abs(rounds - free) <= 0.2 * free, (rounds, free)
+        res = sciencegen.sample(Oracle(law), g.shape, 64, "picard_dpm2m", 64, seed=c, cond=_condition(law, g, c))
+        assert abs(res.stats["rounds"] - free) <= 0.2 * free, (res.stats["rounds"], free)
+        plain = sciencegen.sample(Oracle(law), g.shape, 64, "picard_dpm2m", 64, seed=c, cond=_condition(law, g, c),
+                                  newton="none")
+        assert torch.equal(res.samples, plain.samples)
 
 
 @pytest.mark.parametrize("name", ["coarse", "ar1"])

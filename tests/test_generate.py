@@ -132,7 +132,8 @@ def test_store_contract_and_truth(reference):
     assert ds.attrs["sampler"] == "picard_sde" and json.loads(ds.attrs["sampler_options"])["blocks"] == 4
     assert json.loads(ds.attrs["config"])["generate"]["members"] == 12
     # the truth: the sampler's own members (seed, i), cast to float32
-    res = sciencegen.sample(Oracle(GaussianRandomField(16)), (1, 16, 16), 12, "picard_sde", 48, seed=0)
+    res = sciencegen.sample(Oracle(GaussianRandomField(16)), (1, 16, 16), 12, "picard_sde", 48, seed=0,
+                            noise_stream="counter")  # a new store's noise stream
     np.testing.assert_array_equal(ds["field"].values, res.samples[:, 0].numpy().astype(np.float32))
     np.testing.assert_array_equal(ds["nfe"].values, res.stats["nfe_per_member"].numpy())
 
@@ -303,7 +304,7 @@ def test_trained_checkpoint(tmp_path):
             "generate.members=3", "generate.batch_size=2", f"output.path={p}"]
     run_generate(config(*over))
     model, meta = load_model(tmp_path / "run")
-    res = sciencegen.sample(model, (1, 16, 16), 3, "picard_dpm2m", 8, seed=0, batch_size=2)
+    res = sciencegen.sample(model, (1, 16, 16), 3, "picard_dpm2m", 8, seed=0, batch_size=2, noise_stream="counter")
     mean, std = meta["data"]["mean"][0], meta["data"]["std"][0]
     want = (res.samples[:, 0].double().numpy() * std + mean).astype(np.float32)
     np.testing.assert_allclose(field(p), want, rtol=1e-6, atol=1e-6 * std)
@@ -416,7 +417,7 @@ def test_sde_noise_range_reaches_the_sampler(reference, tmp_path):
     meta = json.loads(xr.open_zarr(p).attrs[G.ATTR])
     assert meta["identity"]["sampler"]["options"] == {"sigma_max": 40.0}
     res = sciencegen.sample(Oracle(GaussianRandomField(16)), (1, 16, 16), 12, "picard_sde", 48, seed=0,
-                            sigma_max=40.0)
+                            sigma_max=40.0, noise_stream="counter")
     np.testing.assert_array_equal(field(p), res.samples[:, 0].numpy().astype(np.float32))
     with pytest.raises(GenerateError, match="another config"):  # the default range is another ensemble
         run_generate(config(f"output.path={p}"))

@@ -150,7 +150,7 @@ def test_layout_inputs_truth_and_members(coarse, root):
     for c in range(3):
         cond = torch.from_numpy(ds["input_field_coarse"].values[c][None].astype(np.float64))
         res = sciencegen.sample(oracle, (1, 16, 16), 4, "picard_sde", 24, seed=condition_seed(0, c), batch_size=2,
-                                cond=cond)
+                                cond=cond, noise_stream="counter")
         np.testing.assert_array_equal(ds["field"].values[c], res.samples[:, 0].numpy().astype(np.float32))
         np.testing.assert_array_equal(ds["nfe"].values[c], res.stats["nfe_per_member"].numpy())
     # the posterior respects the condition: every member has the input's block means (to sampling accuracy)
@@ -272,7 +272,7 @@ def test_rollout_feeds_each_member_its_own_output(root, tmp_path):
     cond = np.concatenate([ds["input_field"].values[c][None].astype(np.float64), static])
     for lead in (1, 2, 3):
         res = sciencegen.sample(oracle, (1, 16, 16), 2, "picard_sde", 24, seed=condition_seed(0, c, lead),
-                                batch_size=2, cond=torch.from_numpy(cond))
+                                batch_size=2, cond=torch.from_numpy(cond), noise_stream="counter")
         np.testing.assert_array_equal(ds["field"].values[c, :, lead - 1], res.samples[:, 0].numpy().astype(np.float32))
         # the next lead: each member's own output (as stored) in place of the state input, statics kept
         own = ds["field"].values[c, :, lead - 1].astype(np.float64)[:, None]
@@ -334,7 +334,7 @@ def test_condition_file_gives_the_inputs(coarse, root, tmp_path):
     oracle = oracle_denoiser(dataset_config(config(COARSE, root).dataset))
     cond = torch.from_numpy(ds["input_field_coarse"].values[2][None].astype(np.float64))
     res = sciencegen.sample(oracle, (1, 16, 16), 4, "picard_sde", 24, seed=condition_seed(0, 2), batch_size=2,
-                            cond=cond)
+                            cond=cond, noise_stream="counter")
     np.testing.assert_array_equal(ds["field"].values[2], res.samples[:, 0].numpy().astype(np.float32))
     # one case selected by its label keeps its time coordinate; another selection is another store
     one = tmp_path / "one.zarr"
@@ -429,7 +429,7 @@ def test_trained_conditional_model_and_mismatched_checkpoints(root, tmp_path):
     for c in range(2):  # the condition normalised with the checkpoint's statistics
         cond = (ds["input_field_coarse"].values[c][None].astype(np.float64) - cm["mean"][0]) / cm["std"][0]
         res = sciencegen.sample(model, (1, 16, 16), 2, "picard_dpm2m", 8, seed=condition_seed(0, c), batch_size=2,
-                                cond=torch.from_numpy(cond))
+                                cond=torch.from_numpy(cond), noise_stream="counter")
         want = (res.samples[:, 0].double().numpy() * std + mean).astype(np.float32)
         np.testing.assert_allclose(ds["field"].values[c], want, rtol=1e-6, atol=1e-6 * std)
     with pytest.raises(GenerateError, match=r"trained with conditioning coarse .* but the dataset has no "):
@@ -459,6 +459,6 @@ def test_static_maps_only_keep_the_unconditional_layout_and_give_every_member_th
         seen.append(c)
         return oracle(x, s, c)
 
-    ref = sciencegen.sample(den, (1, 16, 16), 3, "picard_sde", 24, seed=0, cond=static).samples
+    ref = sciencegen.sample(den, (1, 16, 16), 3, "picard_sde", 24, seed=0, cond=static, noise_stream="counter").samples
     assert np.array_equal(ds.field.values, ref[:, 0].numpy())
     assert all(torch.equal(c[0], static) for c in seen)

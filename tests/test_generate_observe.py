@@ -127,7 +127,7 @@ def test_members_are_the_guided_sampler_with_honest_nfe(observed, root):
     obs = Observations(op, torch.as_tensor(ds["obs_value"].values[c]), torch.as_tensor(ds["obs_noise"].values[c]))
     guided = Guided(oracle, obs, likelihood="gaussian", cg_iters=8, cg_tol=1e-3)
     res = sciencegen.sample(guided, (1, N, N), 32, "dpm2m", 32, seed=condition_seed(0, c), batch_size=32,
-                            first_member=32)
+                            first_member=32, noise_stream="counter")
     np.testing.assert_array_equal(ds["field"].values[c, 32:], res.samples[:, 0].numpy().astype(np.float32))
     nfe = np.rint(res.stats["nfe_per_member"].numpy())
     np.testing.assert_array_equal(ds["nfe"].values[c, 32:], nfe)

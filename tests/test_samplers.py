@@ -11,7 +11,7 @@ from sciencegen.diffusion import make_grid
 from sciencegen.samplers import SAMPLERS, noise, resolve, sampler_table, sequential_rounds, twin
 from sciencegen.targets import GaussianMixture, GaussianRandomField, spectral_error
 
-PICARD = sorted(n for n, s in SAMPLERS.items() if s["kind"] == "picard")
+PICARD = sorted(n for n, s in SAMPLERS.items() if s["kind"] != "sequential")  # the parallel walks: picard, paradigms
 SEQUENTIAL = sorted(n for n, s in SAMPLERS.items() if s["kind"] == "sequential")
 ALL = sorted(SAMPLERS)
 

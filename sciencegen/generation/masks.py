@@ -58,7 +58,15 @@ class MaskedDenoiser:
     static
         ``[C_cond, *field]`` condition channels (model units) given to every call that brings none (the mask
         channels of a dataset without other conditioning); ``None``: calls pass their own ``cond``.
+
+    Attributes
+    ----------
+    spectral_jacobian
+        ``False``: a mask breaks the shift invariance the spectral Newton terms of a Picard walk assume, so
+        ``newton="auto"`` walks a masked field by plain Picard, as before that option existed.
     """
+
+    spectral_jacobian = False
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], valid: np.ndarray, static: np.ndarray | None = None):
         self.denoiser = denoiser

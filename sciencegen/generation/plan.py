@@ -39,6 +39,7 @@ from ..data.ensemble import (
 )
 from ..errors import SciencegenError, os_error_line
 from ..models.meta import first_difference, normalise
+from ..samplers.noise import STREAMS
 
 if TYPE_CHECKING:
     from .model import ModelInfo
@@ -46,15 +47,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "LEGACY_STREAM",
+    "NEW_STORE_STREAM",
+    "STREAM_ATTR",
     "GenerateError",
     "Plan",
     "check_netcdf",
     "check_output_path",
+    "parse_noise_stream",
     "parse_shard",
     "plan",
+    "recorded_stream",
     "shard_chunks",
     "store_attrs",
 ]
+
+#: the root attribute that records the noise stream a store's members were drawn with
+STREAM_ATTR = "sciencegen_noise_stream"
+#: the noise stream of a new store (``generate.noise_stream=null``): integer tensor ops on the sampling device
+NEW_STORE_STREAM = "counter"
+#: the noise stream of a store written before streams were recorded
+LEGACY_STREAM = "cpu"
 
 
 class GenerateError(SciencegenError):
@@ -130,6 +143,7 @@ class Plan:
     meta: dict[str, Any] = field(default_factory=dict)
     lock: StoreLock | None = None
     conditions: int | None = None
+    noise_stream: str = NEW_STORE_STREAM
 
     @property
     def units(self) -> list[tuple[int | None, int, int]]:
@@ -275,7 +289,7 @@ def store_attrs(identity: dict[str, Any], info: ModelInfo, cfg: Any, resolved: d
 
 def plan(path: Path | None, index: int, count: int, members: int, chunk: int, batch: int, identity: dict[str, Any],
          make_template: Callable[[dict[str, Any], int], xr.Dataset], variables: tuple[str, ...], overwrite: bool,
-         verify: bool, conditions: int | None = None) -> Plan:
+         verify: bool, conditions: int | None = None, noise_stream: str | None = None) -> Plan:
     """Create or check the store, lock it when this job will write, and list the chunks still to do.
 
     Parameters
@@ -297,16 +311,21 @@ def plan(path: Path | None, index: int, count: int, members: int, chunk: int, ba
     conditions
         A conditional ensemble: its number of conditions (the units of work are ``(condition, member range)``
         pairs in condition-major order, which shards split).
+    noise_stream
+        ``generate.noise_stream``: ``None`` takes :data:`NEW_STORE_STREAM` for a new store and the recorded one
+        (:func:`recorded_stream`, :data:`LEGACY_STREAM` where none is) when resuming; a name must agree with an
+        existing store's. :attr:`Plan.noise_stream` is the stream to sample with.
     """
     if path is None:
-        made = Plan(None, members, chunk, chunk_ranges(members, chunk), [], [], conditions=conditions)
+        made = Plan(None, members, chunk, chunk_ranges(members, chunk), [], [], conditions=conditions,
+                    noise_stream=noise_stream or NEW_STORE_STREAM)
         made.owned = list(shard_chunks(len(made.units), index, count))
         made.todo = list(made.owned)
         return made
     lock, why = _lock(path)
     try:
         return _plan_store(path, lock, why, index, count, members, chunk, batch, identity, make_template, variables,
-                           overwrite, verify, conditions)
+                           overwrite, verify, conditions, noise_stream)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -315,9 +334,17 @@ def plan(path: Path | None, index: int, count: int, members: int, chunk: int, ba
 
 def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: int, count: int, members: int,
                 chunk: int, batch: int, identity: dict[str, Any], make_template: Callable[..., xr.Dataset],
-                variables: tuple[str, ...], overwrite: bool, verify: bool, conditions: int | None) -> Plan:
+                variables: tuple[str, ...], overwrite: bool, verify: bool, conditions: int | None,
+                noise_stream: str | None) -> Plan:
     meta = check_output_path(path, identity, overwrite, lock)
     created = False
+    stream = noise_stream or NEW_STORE_STREAM
+
+    def streamed(meta: dict[str, Any], chunk: int) -> xr.Dataset:  # the store's template records its stream
+        made = make_template(meta, chunk)
+        made.attrs[STREAM_ATTR] = stream
+        return made
+
     if meta is None:
         if lock is None:
             raise GenerateError(os_error_line(why, str(path)))
@@ -327,22 +354,67 @@ def _plan_store(path: Path, lock: StoreLock | None, why: OSError | None, index: 
         meta = {"format": FORMAT_VERSION, "identity": identity, "chunk": chunk, "batch_size": batch,
                 "store_id": uuid.uuid4().hex}
         try:
-            created = create_store(path, make_template(meta, chunk), variables)
+            created = create_store(path, streamed(meta, chunk), variables)
         except OSError as exc:
             raise GenerateError(os_error_line(exc, str(path))) from None
         lock.shared()  # after an overwrite: back from exclusive
         if not created:
             meta = check_output_path(path, identity, False, None)
+    if not created:
+        stream = _resumed_stream(path, noise_stream)
     # the store's chunks are the unit of work (a rerun with another batch size keeps them)
     chunk = int(meta.get("chunk", chunk))
-    made = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock, conditions)
+    made = Plan(path, members, chunk, chunk_ranges(members, chunk), [], [], created, meta, lock, conditions, stream)
     made.owned = list(shard_chunks(len(made.units), index, count))
-    made.todo = _todo(made, make_template(meta, chunk), variables, verify)
+    made.todo = _todo(made, streamed(meta, chunk), variables, verify)
     if made.todo and lock is None:
         done = int(completed_members(path, made.shape).sum())
         raise GenerateError(f"{os_error_line(why, str(path))}; {len(made.todo)} chunk(s) to write, "
                             f"{done}/{made.total} members complete are kept")
     return made
+
+
+def parse_noise_stream(value: Any) -> str | None:
+    """``generate.noise_stream``: ``None`` (auto: see :func:`plan`) or one of
+    :data:`~sciencegen.samplers.noise.STREAMS`.
+
+    Raises
+    ------
+    GenerateError
+        Any other value.
+    """
+    if value is None or (isinstance(value, str) and value in STREAMS):
+        return value
+    raise GenerateError(f"generate.noise_stream must be null (auto), {' or '.join(STREAMS)}, got {value!r}")
+
+
+def recorded_stream(path: Path) -> str | None:
+    """The noise stream a store records (its root attribute :data:`STREAM_ATTR`); None where it records none.
+
+    Raises
+    ------
+    GenerateError
+        The attribute names no known stream.
+    """
+    import zarr
+
+    value = zarr.open_group(str(path), mode="r", use_consolidated=False).attrs.get(STREAM_ATTR)
+    if value is None or value in STREAMS:
+        return value
+    raise GenerateError(f"{path}: its {STREAM_ATTR} attribute is {value!r}, not one of {', '.join(STREAMS)}; "
+                        "the store is damaged, choose another output.path")
+
+
+def _resumed_stream(path: Path, wanted: str | None) -> str:
+    """The stream that resumes the store at ``path``: the one it records (:data:`LEGACY_STREAM` where it records
+    none: its members so far were drawn with it); ``wanted`` (``generate.noise_stream``) must agree."""
+    recorded = recorded_stream(path)
+    stream = recorded or LEGACY_STREAM
+    if wanted is not None and wanted != stream:
+        how = "records" if recorded else "was written before streams were recorded, so it uses"
+        raise GenerateError(f"generate.noise_stream={wanted}: the store {path} {how} the {stream} noise stream; "
+                            "unset generate.noise_stream (null) to resume it, or choose another output.path")
+    return stream
 
 
 def _todo(plan: Plan, template: xr.Dataset, variables: tuple[str, ...], verify: bool) -> list[int]:

@@ -58,9 +58,11 @@ from ..generation.masks import ensemble_masks, mask_members
 from ..generation.model import ModelInfo, dataset_differences, resolve_denoiser
 from ..generation.observe import ObservedCases, ObserveOptions, observed_cases, parse_observe
 from ..generation.plan import (
+    NEW_STORE_STREAM,
     GenerateError,
     Plan,
     check_netcdf,
+    parse_noise_stream,
     parse_shard,
     plan,
     shard_chunks,
@@ -69,6 +71,7 @@ from ..generation.plan import (
 from ..generation.progress import Progress, Tracked
 from ..generation.rollout import StaticConditioned, sample_condition, to_model
 from ..ranks import Ranks, pick_device
+from ..samplers.noise import NoiseSeed
 
 __all__ = [
     "ATTR",
@@ -155,6 +158,12 @@ class _Job:
     conditions: int = 8
     lead_times: int | None = None
     observe: ObserveOptions | None = None
+    noise_stream: str | None = None  # generate.noise_stream; after planning, the stream the store is sampled with
+
+    @property
+    def noise_seed(self) -> NoiseSeed:
+        """The run's seed with its noise stream."""
+        return NoiseSeed(self.seed, self.noise_stream or NEW_STORE_STREAM)
 
 
 def _parse(cfg: Any) -> _Job:
@@ -188,7 +197,8 @@ def _parse(cfg: Any) -> _Job:
         raise GenerateError(f"generate.lead_times={leads} with observe.{observe.form}: forecast rollouts given "
                             "observations are not supported (unset one of them)")
     return _Job(name, steps, sampler, ident, dict(getattr(sampler, "resolved", sampler.options)), members, batch,
-                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device, conditions, leads, observe)
+                _int_option(gen, "seed", 0, "generate"), chunk, dtype, shard, device, conditions, leads, observe,
+                parse_noise_stream(gen.get("noise_stream")))
 
 
 def run_generate(cfg: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -245,10 +255,12 @@ def _run(cfg: Any, job: _Job, dist: Ranks, stop: Any, held: list[Plan]) -> dict[
     mine = None
     if dist.rank == 0:
         mine = plan(path, *job.shard, job.members, job.chunk, job.batch, identity, make_template,
-                    info.variables, bool(out["overwrite"]), bool(gen["verify"]), cases.count if cases else None)
+                    info.variables, bool(out["overwrite"]), bool(gen["verify"]), cases.count if cases else None,
+                    job.noise_stream)
         held.append(mine)
     shared = dist.broadcast(dataclasses.replace(mine, lock=None) if mine is not None else None)
     todo = mine or shared
+    job = dataclasses.replace(job, noise_stream=todo.noise_stream)  # a new store's, or the one it recorded
     model = SplitDenoiser(info.denoiser) if dist.world > 1 else info.denoiser
     writer = dist.rank == 0 and todo.path is not None
     run = _announce(job, todo, info, label, dist.rank == 0)
@@ -425,7 +437,7 @@ def _announce(job: _Job, plan: Plan, info: ModelInfo, label: str, talk: bool) ->
 def _sample_chunk(job: _Job, info: ModelInfo, model: Any, a: int, b: int, batch: int) -> tuple[dict, Any]:
     """Members ``a..b-1`` in physical units, float32 per variable, and the sampler's result."""
     shape = (len(info.variables), *info.field_shape)
-    res = job.sampler(model, shape, b - a, seed=job.seed, batch_size=batch, first_member=a, device=job.device,
+    res = job.sampler(model, shape, b - a, seed=job.noise_seed, batch_size=batch, first_member=a, device=job.device,
                       dtype=job.dtype, progress=False)
     x = res.samples.detach().to("cpu", torch.float64).numpy()
     if info.std is not None:
@@ -451,7 +463,7 @@ def _sample_unit(job: _Job, info: ModelInfo, model: Any, cases: Cases | None, un
                 int(res.stats["rounds"]), ())
     if isinstance(cases, ObservedCases):  # the case's guided denoiser; its NFE (float: VJPs) rounded to the store's
         model = cases.guide(model, c)
-    fields_, rpm, npm, rounds = sample_condition(job.sampler, model, info, cases, c, a, b, seed=job.seed,
+    fields_, rpm, npm, rounds = sample_condition(job.sampler, model, info, cases, c, a, b, seed=job.noise_seed,
                                                  batch=batch, device=job.device, dtype=job.dtype)
     if isinstance(cases, ObservedCases):
         npm = np.rint(npm)
@@ -537,7 +549,7 @@ def _finish(job: _Job, plan: Plan, run: _Run, writer: bool, out: Any, talk: bool
                "skipped": run.skipped, "complete": complete, "seconds": seconds, "rounds": run.rounds,
                "nfe": run.nfe_sum / run.done if run.done else 0.0, "bytes": run.written,
                "store_bytes": store_bytes(plan.path) if writer else 0, "shard": f"{job.shard[0]}/{job.shard[1]}",
-               "sampler": job.name, "steps": job.steps, "observations": run.observed}
+               "sampler": job.name, "steps": job.steps, "observations": run.observed, "noise_stream": job.noise_stream}
     if talk:
         log.info("%s", format_summary(summary))
     return summary

@@ -12,7 +12,8 @@ import torch
 from ..diffusion import block_ends, make_grid, step_table
 from . import noise as _noise
 from .engine import Conditions, WalkStats
-from .picard import picard_walk
+from .paradigms import paradigms_walk
+from .picard import NEWTON, picard_walk
 from .registry import DEFAULT_SAMPLER, DEFAULT_STEPS, resolve
 from .sequential import sequential_walk
 
@@ -66,7 +67,7 @@ def sampler_table(sampler: str, steps: int, **options: Any):
     table = step_table(t, cfg["method"], cfg["form"], cfg.get("lag", "F"), order=int(cfg["order"]),
                        churn=float(cfg["churn"]), churn_min=float(cfg["churn_min"]),
                        churn_max=float(cfg["churn_max"]), churn_noise=float(cfg["churn_noise"]))
-    ends = block_ends(table, cfg["blocks"])
+    ends = block_ends(table, cfg.get("blocks", 1))
     return cfg, table, ends
 
 
@@ -116,21 +117,26 @@ def check_sampler(sampler: str, steps: int, **options: Any) -> dict[str, Any]:
 
 
 def _validate(cfg: dict[str, Any]) -> None:
-    if cfg["kind"] == "picard":
+    if cfg["kind"] == "paradigms" and cfg["method"] == "heun":
+        raise ValueError("method='heun' does not fit the paradigms walk (sde or ode: one denoiser call per step)")
+    if cfg["kind"] in ("picard", "paradigms"):
         tol = cfg["tol"]
         if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
             raise ValueError(f"tol must be a positive number, got {tol!r}")
         w = cfg["window"]
         if w is not None and (int(w) != w or w < 1):
             raise ValueError(f"window must be an integer >= 1, got {w!r}")
-        mi = cfg["max_iters"]
+        if cfg.get("newton", "none") not in NEWTON:
+            raise ValueError(f"newton must be one of {list(NEWTON)}, got {cfg['newton']!r}")
+        mi = cfg.get("max_iters")
         if mi is not None and (int(mi) != mi or mi < 1):
             raise ValueError(f"max_iters must be an integer >= 1, got {mi!r}")
     mb = cfg["max_batch"]
     if mb is not None and (int(mb) != mb or mb < 1):
         raise ValueError(f"max_batch must be an integer >= 1, got {mb!r}")
-    if int(cfg["corrector_steps"]) != cfg["corrector_steps"] or cfg["corrector_steps"] < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {cfg['corrector_steps']!r}")
+    cs = cfg.get("corrector_steps", 0)
+    if int(cs) != cs or cs < 0:
+        raise ValueError(f"corrector_steps must be an integer >= 0, got {cs!r}")
 
 
 def sample(
@@ -139,7 +145,7 @@ def sample(
     members: int = 1,
     sampler: str = DEFAULT_SAMPLER,
     steps: int = DEFAULT_STEPS,
-    seed: int = 0,
+    seed: int | _noise.NoiseSeed = 0,
     batch_size: int | None = None,
     *,
     first_member: int = 0,
@@ -147,6 +153,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool | Callable[[float], None] = False,
     cond: torch.Tensor | None = None,
+    noise_stream: str | None = None,
     **sampler_options: Any,
 ) -> SampleResult:
     """Draw an ensemble with a named sampler, unconditional or given a condition.
@@ -168,7 +175,8 @@ def sample(
     steps
         Steps of the reverse grid (the last goes to noise level 0).
     seed
-        Member ``i`` depends only on ``(seed, i)``.
+        Member ``i`` depends only on ``(seed, i)``. An ``int``, or a :class:`~sciencegen.samplers.noise.NoiseSeed`
+        that names its noise stream.
     batch_size
         Members sampled together (``None``: all).
     first_member
@@ -185,6 +193,11 @@ def sample(
         ``[members, C_cond, *grid]``, one per member (``grid`` = ``shape[1:]``). Every sampler passes each
         item of a round its member's condition, gathered by index. For conditional ensembles of several
         cases, draw case ``c`` with ``seed=``:func:`~sciencegen.samplers.noise.condition_seed` ``(seed, c)``.
+    noise_stream
+        The noise stream (:data:`~sciencegen.samplers.noise.STREAMS`): ``"cpu"`` (a CPU generator per
+        ``(seed, member, step)``, copied to the device) or ``"counter"`` (integer tensor ops on the device: a GPU
+        never waits for CPU draws). ``None``: the seed's own (``"cpu"`` for an ``int``, which keeps every recorded
+        number); ``sciencegen-generate`` writes new stores with ``"counter"``.
     **sampler_options
         Overrides of the sampler's configuration (``tol``, ``blocks``, ``window``,
         ``grid``, ``form``, ``lag``, ``max_batch``, …).
@@ -195,7 +208,7 @@ def sample(
     """
     with torch.no_grad():  # a trainable network must not build an autograd graph across the steps
         return _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype,
-                       progress, sampler_options, cond)
+                       progress, sampler_options, cond, noise_stream)
 
 
 def _check_inputs(denoiser: Any, shape: Sequence[int], members: int, steps: int, batch_size: int | None
@@ -239,8 +252,9 @@ def _batch_conditions(cond: torch.Tensor | None, per_member: bool, lo: int, hi: 
 
 
 def _sample(denoiser, shape, members, sampler, steps, seed, batch_size, first_member, device, dtype, progress,
-            sampler_options, cond=None) -> SampleResult:
+            sampler_options, cond=None, noise_stream=None) -> SampleResult:
     shape = _check_inputs(denoiser, shape, members, steps, batch_size)
+    seed = _noise.with_stream(seed, noise_stream)
     per_member = _check_cond(cond, shape, int(members)) if cond is not None else False
     cfg, table, ends = sampler_table(sampler, int(steps), **sampler_options)
     _validate(cfg)
@@ -287,6 +301,10 @@ def _cost(denoiser: Any, before: tuple[int, int] | None) -> float:
 def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor, ids: list[int], seed: int,
           tick: _Ticker, cond: Conditions | None = None) -> tuple[torch.Tensor, WalkStats]:
     """One batch of members through the sampler's walk."""
+    if cfg["kind"] == "paradigms":
+        return paradigms_walk(denoiser, table, x, ids, seed, tol=float(cfg["tol"]),
+                              window=int(cfg["window"] or table.steps), max_batch=cfg["max_batch"], progress=tick,
+                              cond=cond)
     common = dict(max_batch=cfg["max_batch"], corrector_steps=int(cfg["corrector_steps"]),
                   corrector_size=float(cfg["corrector_size"]), progress=tick, cond=cond)
     if cfg["kind"] == "sequential":
@@ -295,7 +313,7 @@ def _walk(denoiser, cfg: dict[str, Any], table, ends: list[int], x: torch.Tensor
     return picard_walk(
         denoiser, table, x, ids, seed, tol=float(cfg["tol"]), window=int(cfg["window"] or longest_block),
         ends=ends, accept=cfg["accept"], max_iters=cfg["max_iters"], patience=int(cfg["patience"]),
-        norm=cfg["norm"], **common,
+        norm=cfg["norm"], newton=cfg["newton"], **common,
     )
 
 
@@ -358,7 +376,8 @@ class Sampler:
         return f"Sampler({self.name!r}, steps={self.steps}{opts})"
 
     def __call__(self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: Sequence[int],
-                 members: int = 1, seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> SampleResult:
+                 members: int = 1, seed: int | _noise.NoiseSeed = 0, batch_size: int | None = None,
+                 **kwargs: Any) -> SampleResult:
         """Draw ``members`` members: :func:`sample` with this sampler (``first_member``, ``device``, ``dtype``,
-        ``progress`` pass through)."""
+        ``progress``, ``cond``, ``noise_stream`` pass through)."""
         return sample(denoiser, shape, members, self.name, self.steps, seed, batch_size, **kwargs, **self.options)

@@ -358,7 +358,12 @@ class Guided:
     items, evaluations
         Items denoised so far and the network evaluations spent on them (a forward counts 1, a
         vector-Jacobian product :data:`VJP_COST`): ``evaluations / items`` is the cost of one guided call.
+    spectral_jacobian
+        ``False``: the observations make the Jacobian far from a Fourier multiplier, so a Picard walk with
+        ``newton="auto"`` does not use the spectral Newton terms (measured: they cost guided runs rounds).
     """
+
+    spectral_jacobian = False
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], observations: Observations,
                  likelihood: str = "gaussian", cg_iters: int = 8, cg_tol: float = 1e-3, step_size: float = 10.0,

@@ -121,7 +121,15 @@ class StaticConditioned:
         ``denoiser(x, sigma, cond)``.
     static
         ``[C_cond, *field]`` in the model's units (:func:`to_model`).
+
+    Attributes
+    ----------
+    spectral_jacobian
+        ``False``: static maps make the law depend on position, so a Picard walk with ``newton="auto"`` walks
+        plain Picard, as for any conditional walk (:func:`sciencegen.samplers.picard.resolve_newton`).
     """
+
+    spectral_jacobian = False
 
     def __init__(self, denoiser: Any, static: np.ndarray):
         self.denoiser = denoiser

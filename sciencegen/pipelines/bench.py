@@ -168,7 +168,7 @@ def _grf_law(dataset: dict[str, Any], shape: tuple[int, ...]) -> GaussianRandomF
 
 
 def _short(cfg: dict[str, Any], overrides: dict[str, Any]) -> str:
-    keys = ["form", "lag", "blocks", "window", "tol", "norm", "accept"] if cfg["kind"] != "sequential" else []
+    keys = ["form", "lag", "blocks", "window", "tol", "norm", "newton", "accept"] if cfg["kind"] != "sequential" else []
     parts = [f"{k}={cfg[k]}" for k in keys if k in cfg and cfg[k] is not None]
     parts += [f"{k}={v}" for k, v in overrides.items() if k not in keys]
     return " ".join(parts)

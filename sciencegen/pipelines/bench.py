@@ -27,8 +27,7 @@ from ..data.fields import FieldSpec
 from ..generation.masks import mask_only
 from ..generation.model import resolve_denoiser
 from ..models.build import load_model
-from ..samplers import SAMPLERS, SampleResult, check_sampler, resolve, sample, twin
-from ..samplers.registry import OPTIONS
+from ..samplers import OPTIONS, SAMPLERS, SampleResult, check_sampler, resolve, sample, twin
 from ..targets import GaussianRandomField, spectral_error
 
 __all__ = ["DEFAULT_SAMPLERS", "DEFAULT_TARGETS", "BenchProblem", "BenchRow", "at_distance", "checkpoint_problem",

@@ -13,16 +13,19 @@ from .guidance import (
     point_operator,
     random_mask,
 )
-from .noise import condition_seed
+from .noise import NoiseSeed, condition_seed
+from .paradigms import paradigms_walk
 from .picard import picard_walk
-from .registry import SAMPLERS, resolve, twin
+from .registry import OPTIONS, SAMPLERS, resolve, twin
 from .sequential import sequential_walk
 
 __all__ = [
+    "OPTIONS",
     "SAMPLERS",
     "SampleResult",
     "Conditions",
     "Guided",
+    "NoiseSeed",
     "ObservationOperator",
     "Observations",
     "Sampler",
@@ -34,6 +37,7 @@ __all__ = [
     "draw_observations",
     "gridded_observations",
     "mask_operator",
+    "paradigms_walk",
     "picard_walk",
     "point_operator",
     "random_mask",

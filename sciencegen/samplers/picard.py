@@ -45,6 +45,11 @@ from .walk_state import MemberState, Window
 
 __all__ = ["ACCEPT", "PicardOptions", "picard_walk"]
 
+#: a point's change below this many ulps of the point (in the residual's norm) counts as converged; measured on
+#: a trained float32 model (benchmarks/learned_picard.py): 4 is borderline, 8-16 stop the walk iterating on
+#: round-off at tolerances below ~1e-3 (tol 1e-5: 24 rounds -> 9)
+ROUNDOFF = 8.0
+
 #: how a round accepts points: the converged prefix, or the whole window once all of it converged
 ACCEPT = ("prefix", "block")
 
@@ -412,7 +417,12 @@ class _PicardWalk:
         st = self.st
         target = win.step + 1
         old = st.points[win.member, target % self.ring]
-        rr = residual_norm(new - old, self.opt.norm) / self.tab.sig_norm[target].double()
+        sig = self.tab.sig_norm[target].double()
+        rr = residual_norm(new - old, self.opt.norm) / sig
+        # a change within the dtype's round-off of the point itself cannot shrink further (a float32 network
+        # evaluated in other batch compositions): converged, instead of iterating on round-off
+        floor = ROUNDOFF * torch.finfo(new.dtype).eps * residual_norm(new, self.opt.norm) / sig
+        rr = torch.where(rr <= floor, torch.zeros_like(rr), rr)
         rr = torch.where(torch.isfinite(rr), rr, torch.full_like(rr, math.inf))
         res = torch.full((win.rows.numel(), win.width), math.inf, dtype=torch.float64, device=self.device)
         res[win.row, win.col] = rr

@@ -271,6 +271,8 @@ class SamplerConfig:
                                  "until tol)", None)
     patience: int | None = _key("Picard: rounds of growing residual before a sequential fallback", None)
     norm: str | None = _key("Picard: rms | fourier: how a point's change is measured", None)
+    newton: str | None = _key("Picard: none | spectral | auto: Newton terms in the window's scan (Fourier-shell "
+                              "Jacobian); auto: spectral unless the denoiser opts out or conditions are given", None)
     _target_: str = _key("the sampler class (a sampler of your own: same interface)", "sciencegen.samplers.Sampler")
 
 

@@ -120,3 +120,13 @@ def test_auto_follows_the_denoiser_and_a_declined_newton_is_plain_picard():
     assert torch.equal(a.samples, b.samples)
     with pytest.raises(ValueError, match="newton"):
         sciencegen.sample(f, (1, 16, 16), 1, "picard_dpm2m", 32, newton="secant")
+
+
+def test_every_registry_option_is_a_key_of_the_sampler_config():
+    # an option the registry knows but the Hydra schema does not cannot be set as sampler.KEY=VALUE
+    from dataclasses import fields
+
+    from sciencegen.config import SamplerConfig
+    from sciencegen.samplers import OPTIONS
+
+    assert set(OPTIONS) <= {f.name for f in fields(SamplerConfig)}

@@ -76,21 +76,6 @@ def find_checkpoint(model: str, cache: str | None) -> Path:
     return run
 
 
-def static_condition(meta: dict) -> torch.Tensor | None:
-    """The normalised static channels of a model trained with ``conditioning=[static]`` (``None`` without)."""
-    from sciencegen.data.conditioning import condition_layout
-
-    cond = meta["data"].get("conditioning")
-    if not cond:
-        return None
-    if cond["inputs"]:
-        raise SystemExit("this benchmark samples unconditionally: a model with per-sample inputs needs conditions")
-    values = torch.as_tensor(condition_layout(meta["data"]["store"]).static_values, dtype=torch.float64)
-    shape = (-1, *([1] * (values.ndim - 1)))
-    mean, std = (torch.tensor(cond[k], dtype=torch.float64).reshape(shape) for k in ("mean", "std"))
-    return ((values - mean) / std).float()
-
-
 def learned(path: Path) -> tuple[Denoiser, tuple[int, ...], torch.Tensor | None, dict]:
     """The checkpoint's EMA denoiser (float32, CPU), the member shape, its static condition and the meta."""
     from sciencegen.models.build import load_model
@@ -98,6 +83,8 @@ def learned(path: Path) -> tuple[Denoiser, tuple[int, ...], torch.Tensor | None,
     model, meta = load_model(path)
     model = model.float()
     shape = (len(meta["data"]["variables"]), *meta["data"]["field_shape"])
+    from kolmogorov_quickstart import static_condition  # the script beside this one
+
     return model, shape, static_condition(meta), meta
 
 

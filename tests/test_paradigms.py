@@ -132,15 +132,6 @@ def test_multistep_tables_reproduce_their_sequential_twin():
     assert rel(got.samples, ref.samples) <= 1e-9 and got.stats["rounds"] < 64
 
 
-def test_a_window_of_one_is_the_sequential_walk():
-    g = GaussianRandomField(8)
-    kw = dict(members=2, steps=80, seed=4, dtype=torch.float64)
-    ref = sciencegen.sample(g.denoiser, g.shape, sampler="sequential_sde", **kw)
-    got = sciencegen.sample(g.denoiser, g.shape, sampler="paradigms", window=1, **kw)
-    assert got.stats["rounds"] == 80 and got.stats["nfe"] == 80
-    assert rel(got.samples, ref.samples) <= 1e-13
-
-
 def test_faithful_and_our_sliding_window_differ():
     # the same window and tolerance, other rules: the faithful walk stays much closer to the sequential trajectory
     g = GaussianRandomField(16)

@@ -338,11 +338,12 @@ def test_a_single_step_is_the_tweedie_denoise(name):
     assert float(r.samples.abs().max()) < 0.2
 
 
-def test_window_of_one_is_the_sequential_walk():
+@pytest.mark.parametrize("sampler", ["picard_sde", "paradigms"])
+def test_window_of_one_is_the_sequential_walk(sampler):
     g = GaussianRandomField(8)
     kw = dict(members=2, steps=80, seed=4, dtype=torch.float64)
     ref = sciencegen.sample(g.denoiser, g.shape, sampler="sequential_sde", **kw)
-    got = sciencegen.sample(g.denoiser, g.shape, sampler="picard_sde", window=1, **kw)
+    got = sciencegen.sample(g.denoiser, g.shape, sampler=sampler, window=1, **kw)
     assert got.stats["rounds"] == 80 and got.stats["nfe"] == 80
     assert rel(got.samples, ref.samples) <= 1e-13
 
